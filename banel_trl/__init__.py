@@ -1,0 +1,18 @@
+"""BaNEL for TRL: post-train a generative model from failed attempts only, under a budget of reward evaluations."""
+
+from .config import BanelConfig
+from .ledger import RewardLedger
+from .posterior import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
+from .trainer import BanelTrainer
+
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BanelConfig",
+    "BanelPosterior",
+    "BanelTrainer",
+    "PosteriorAcceptanceError",
+    "RejectionRegion",
+    "RewardLedger",
+]

@@ -1,0 +1,301 @@
+"""Configuration of the [`BanelTrainer`]."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+
+THRESHOLD_TYPES = ("calibrated", "filter_factor")
+NEGATIVE_SAMPLES = ("round", "all")
+
+
+@dataclass
+class BanelConfig(TrainingArguments):
+    r"""
+    Configuration class for the [`BanelTrainer`].
+
+    BaNEL spends a hard budget of reward evaluations (NREs) in rounds. Each round samples candidates from the current
+    posterior, pays one NRE per accepted and never-seen candidate, fits a fresh LoRA negative model `p_phi_k` on the
+    failures, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_theta(x) > threshold_k}`.
+
+    The optimisation arguments inherited from [`~transformers.TrainingArguments`] (`learning_rate`,
+    `num_train_epochs`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `lr_scheduler_type`, `optim`,
+    ...) configure the maximum-likelihood fit of each round's negative model: `num_train_epochs` is the number of
+    epochs per round, the knob that trades compute for NREs. Names shared with [`~trl.GRPOConfig`] keep their meaning.
+
+    Parameters:
+        > Budget and rounds
+
+        max_reward_evaluations (`int`, *optional*, defaults to `7500`):
+            Hard cap on the number of reward evaluations (NREs) of the whole run. No code path exceeds it; rejected and
+            already-evaluated candidates cost nothing.
+        samples_per_round (`int`, *optional*, defaults to `500`):
+            NREs spent per round (the paper's `m`): each round evaluates this many accepted, never-seen candidates
+            before fitting its negative model.
+        num_rounds (`int`, *optional*):
+            Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`.
+        success_threshold (`float`, *optional*, defaults to `1.0`):
+            A sample succeeds when its weighted reward reaches this value. Successes are recorded and reported, never
+            trained on.
+        reward_weights (`list[float]`, *optional*):
+            Weights of the reward functions, as in GRPO. Defaults to 1 for each.
+
+        > Model
+
+        model_init_kwargs (`dict[str, Any]`, *optional*):
+            Keyword arguments for [`~transformers.AutoModelForCausalLM.from_pretrained`], used when the `model`
+            argument of the [`BanelTrainer`] is a string.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Whether to allow models and tokenizers that ship custom code.
+
+        > Generation (the proposal `p_theta`)
+
+        num_generations (`int`, *optional*, defaults to `8`):
+            Completions sampled per prompt in a generation batch.
+        generation_batch_size (`int`, *optional*, defaults to `64`):
+            Candidates proposed per call to `generate`. Must be divisible by `num_generations`.
+        max_completion_length (`int`, *optional*, defaults to `256`):
+            Maximum length of a completion, in tokens.
+        temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs, chat_template_kwargs:
+            As in [`~trl.GRPOConfig`]. `temperature` also scales the logits of every likelihood BaNEL computes, so the
+            negative models compare against the proposal actually sampled.
+        max_sampling_attempts (`int`, *optional*, defaults to `100`):
+            Bound on rejection sampling: at most this many candidates are proposed per requested sample. When the
+            posterior accepts less than that, the round ends early (or `generate` raises) with the acceptance rate.
+
+        > Negative models and rejection regions
+
+        negative_samples (`str`, *optional*, defaults to `"round"`):
+            Failures the negative model of round `k` is fit on: `"round"` (this round's only, i.e. samples of the
+            current posterior) or `"all"` (every failure so far).
+        warm_start_negative_model (`bool`, *optional*, defaults to `False`):
+            Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
+        threshold_type (`str`, *optional*, defaults to `"calibrated"`):
+            `"calibrated"`: the threshold of region `k` is the `1 - target_rejection_rate` quantile of the log-ratios
+            of failures held out of its fit, so that fraction of fresh failures lands inside the region whatever the
+            scale of the log-ratios. `"filter_factor"`: the paper's form, reject when `p_phi_k(x) > filter_factor *
+            p_theta(x)`.
+        target_rejection_rate (`float`, *optional*, defaults to `0.5`):
+            With `threshold_type="calibrated"`, the fraction of fresh failures (of the posterior the region was fit
+            on) each region rejects.
+        calibration_fraction (`float`, *optional*, defaults to `0.2`):
+            With `threshold_type="calibrated"`, the share of each round's failures held out of the fit to set the
+            threshold.
+        filter_factor (`float`, *optional*, defaults to `1.0`):
+            With `threshold_type="filter_factor"`, the paper's `1/tau`.
+        length_normalize (`bool`, *optional*, defaults to `False`):
+            Compare per-token (length-normalised) log-likelihoods instead of sequence log-likelihoods.
+        scoring_batch_size (`int`, *optional*, defaults to `64`):
+            Rows per forward pass when scoring candidates under `p_theta` and every region (all regions share one
+            forward through PEFT's mixed-adapter batches).
+
+        > Logging
+
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Log a sample of evaluated completions with their rewards each round.
+        num_completions_to_print (`int`, *optional*, defaults to `8`):
+            Number of completions logged when `log_completions=True`.
+    """
+
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
+        "model_init_kwargs",
+        "generation_kwargs",
+        "chat_template_kwargs",
+    ]
+
+    # Defaults of TrainingArguments that BaNEL changes: each round fits a small LoRA on a few hundred sequences.
+    learning_rate: float = field(
+        default=1e-3,
+        metadata={"help": "Learning rate of the negative model's LoRA fit, per round."},
+    )
+    num_train_epochs: float = field(
+        default=5.0,
+        metadata={"help": "Epochs of the negative model's fit per round: more compute, same NREs."},
+    )
+    per_device_train_batch_size: int = field(
+        default=16,
+        metadata={"help": "Batch size per device of the negative model's fit."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every X optimisation steps of the negative fit (rounds are always logged)."},
+    )
+    save_strategy: str = field(
+        default="no",
+        metadata={
+            "help": "Checkpointing of the Trainer's inner loop. BaNEL saves its own state every round (ledger and "
+            "posterior in `output_dir`), which is what resuming uses, so the default is `'no'`."
+        },
+    )
+    remove_unused_columns: bool | None = field(
+        default=False,
+        metadata={"help": "Keep every dataset column: they are passed to the reward functions, as in GRPO."},
+    )
+
+    # Budget and rounds
+    max_reward_evaluations: int = field(
+        default=7500,
+        metadata={"help": "Hard cap on reward evaluations (NREs) over the whole run."},
+    )
+    samples_per_round: int = field(
+        default=500,
+        metadata={"help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit)."},
+    )
+    num_rounds: int | None = field(
+        default=None,
+        metadata={"help": "Number of rounds. Defaults to ceil(max_reward_evaluations / samples_per_round)."},
+    )
+    success_threshold: float = field(
+        default=1.0,
+        metadata={"help": "A sample succeeds when its weighted reward reaches this value."},
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the reward functions. Defaults to 1 for each."},
+    )
+
+    # Model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for AutoModelForCausalLM.from_pretrained when `model` is a string."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers that ship custom code."},
+    )
+
+    # Generation
+    num_generations: int = field(
+        default=8,
+        metadata={"help": "Completions sampled per prompt in a generation batch."},
+    )
+    generation_batch_size: int = field(
+        default=64,
+        metadata={"help": "Candidates proposed per call to generate. Must be divisible by num_generations."},
+    )
+    max_completion_length: int = field(
+        default=256,
+        metadata={"help": "Maximum length of a completion, in tokens."},
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "Sampling temperature; also scales the logits of every likelihood BaNEL computes."},
+    )
+    top_p: float = field(
+        default=1.0,
+        metadata={"help": "Nucleus sampling: cumulative probability of the tokens kept. Must be in (0, 1]."},
+    )
+    top_k: int = field(
+        default=0,
+        metadata={"help": "Top-k filtering of the proposal; 0 disables it."},
+    )
+    min_p: float | None = field(
+        default=None,
+        metadata={"help": "Minimum token probability, scaled by the probability of the most likely token."},
+    )
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={"help": "Penalty on tokens already present in the prompt and completion."},
+    )
+    generation_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra keyword arguments for transformers.GenerationConfig; they override the above."},
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Extra keyword arguments for apply_chat_template on conversational prompts."},
+    )
+    max_sampling_attempts: int = field(
+        default=100,
+        metadata={"help": "At most this many candidates are proposed per requested sample before giving up."},
+    )
+
+    # Negative models and rejection regions
+    negative_samples: str = field(
+        default="round",
+        metadata={"help": "Failures each negative model is fit on: 'round' (this round's) or 'all' (all so far)."},
+    )
+    warm_start_negative_model: bool = field(
+        default=False,
+        metadata={"help": "Initialise each round's adapter from the previous round's instead of at p_theta."},
+    )
+    threshold_type: str = field(
+        default="calibrated",
+        metadata={
+            "help": "'calibrated': threshold = quantile of held-out failures' log-ratios; 'filter_factor': the "
+            "paper's p_phi(x) > filter_factor * p_theta(x)."
+        },
+    )
+    target_rejection_rate: float = field(
+        default=0.5,
+        metadata={"help": "Calibrated thresholds: fraction of fresh failures each region rejects, in (0, 1)."},
+    )
+    calibration_fraction: float = field(
+        default=0.2,
+        metadata={"help": "Calibrated thresholds: share of a round's failures held out of the fit, in (0, 1)."},
+    )
+    filter_factor: float = field(
+        default=1.0,
+        metadata={"help": "filter_factor thresholds: reject when p_phi(x) > filter_factor * p_theta(x); > 0."},
+    )
+    length_normalize: bool = field(
+        default=False,
+        metadata={"help": "Compare per-token log-likelihoods instead of sequence log-likelihoods."},
+    )
+    scoring_batch_size: int = field(
+        default=64,
+        metadata={"help": "Rows per forward pass when scoring candidates under p_theta and all regions."},
+    )
+
+    # Logging
+    log_completions: bool = field(
+        default=False,
+        metadata={"help": "Log a sample of evaluated completions with their rewards each round."},
+    )
+    num_completions_to_print: int = field(
+        default=8,
+        metadata={"help": "Number of completions logged when log_completions is True."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        positive_ints = ("max_reward_evaluations", "samples_per_round", "num_generations", "generation_batch_size",
+                         "max_completion_length", "max_sampling_attempts", "scoring_batch_size")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.samples_per_round > self.max_reward_evaluations:
+            raise ValueError(
+                f"`max_reward_evaluations` ({self.max_reward_evaluations}) is smaller than one round "
+                f"(`samples_per_round`={self.samples_per_round}): lower `samples_per_round` or raise the budget."
+            )
+        if self.num_rounds is None:
+            self.num_rounds = math.ceil(self.max_reward_evaluations / self.samples_per_round)
+        elif self.num_rounds < 1:
+            raise ValueError(f"`num_rounds` must be a positive integer, got {self.num_rounds}.")
+        if self.generation_batch_size % self.num_generations != 0:
+            raise ValueError(
+                f"`generation_batch_size` ({self.generation_batch_size}) must be divisible by `num_generations` "
+                f"({self.num_generations})."
+            )
+        if self.negative_samples not in NEGATIVE_SAMPLES:
+            raise ValueError(f"`negative_samples` must be one of {NEGATIVE_SAMPLES}, got {self.negative_samples!r}.")
+        if self.threshold_type not in THRESHOLD_TYPES:
+            raise ValueError(f"`threshold_type` must be one of {THRESHOLD_TYPES}, got {self.threshold_type!r}.")
+        for name in ("target_rejection_rate", "calibration_fraction"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
+        if not self.filter_factor > 0.0:
+            raise ValueError(f"`filter_factor` must be > 0, got {self.filter_factor}.")
+        if not self.temperature > 0.0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise ValueError(f"`top_k` must be >= 0, got {self.top_k}.")
+        if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
+            raise ValueError(f"`reward_weights` must be finite numbers, got {self.reward_weights}.")
+        if not math.isfinite(self.success_threshold):
+            raise ValueError(f"`success_threshold` must be a finite number, got {self.success_threshold}.")

@@ -1,0 +1,68 @@
+"""Tiny offline models for tests and examples: a character tokenizer and a small Qwen2, no Hub access needed."""
+
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+# Renders a conversation as its contents joined by "|", then "=" where the assistant's turn starts.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['content'] }}{% if not loop.last %}|{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}={% endif %}"
+)
+
+
+def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """One token per character of `alphabet` (plus `|` and `=` for the chat template) and pad/bos/eos/unk."""
+    characters = sorted(set(alphabet) | {"|", "="})
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS.values(), *characters])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **SPECIAL_TOKENS)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised Qwen2 causal LM sized for CPU tests."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def pretrain(model, tokenizer, texts: list[str], steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed=0):
+    """Fit `model` by maximum likelihood on `<s>text</s>` sequences (a proposal p_theta for tests and examples)."""
+    generator = torch.Generator().manual_seed(seed)
+    encoded = [[tokenizer.bos_token_id, *tokenizer(t)["input_ids"], tokenizer.eos_token_id] for t in texts]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
+        length = max(len(encoded[i]) for i in rows)
+        input_ids = torch.full((batch_size, length), tokenizer.pad_token_id)
+        for b, i in enumerate(rows):
+            input_ids[b, : len(encoded[i])] = torch.tensor(encoded[i])
+        labels = input_ids.masked_fill(input_ids == tokenizer.pad_token_id, -100)
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return model

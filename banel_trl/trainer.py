@@ -1,0 +1,534 @@
+"""The BaNEL trainer: post-training from failed attempts only, under a hard budget of reward evaluations."""
+
+import logging
+import math
+import os
+import random
+import textwrap
+from collections.abc import Iterator
+
+import torch
+from datasets import Dataset, IterableDataset
+from peft import (
+    LoraConfig,
+    PeftConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    load_peft_weights,
+    set_peft_model_state_dict,
+)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    set_seed,
+)
+from transformers.trainer_utils import TrainOutput
+from trl.data_utils import is_conversational
+
+from .config import BanelConfig
+from .data import NegativesCollator, decode_completions, pad_prompts, tokenize_prompts
+from .ledger import RewardLedger, sample_key
+from .posterior import (
+    POSTERIOR_CONFIG_NAME,
+    BanelPosterior,
+    Proposal,
+    RejectionRegion,
+    completion_log_probs,
+    read_regions,
+)
+from .rewards import RewardFunc, call_reward_funcs, load_reward_funcs, weighted_reward
+
+
+logger = logging.getLogger(__name__)
+
+
+def region_adapter_name(round_index: int) -> str:
+    return f"region_{round_index}"
+
+
+def default_peft_config() -> LoraConfig:
+    """The negative model's LoRA when none is given: every linear layer, rank 16."""
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+class BanelTrainer(Trainer):
+    r"""
+    Trainer for BaNEL (Bayesian Negative Evidence Learning), from [BaNEL: Exploration Posteriors for Generative
+    Modeling Using Only Negative Rewards](https://huggingface.co/papers/2510.09596).
+
+    BaNEL post-trains a generator where successes are so rare that policy gradients see none, while spending as few
+    reward evaluations (NREs) as possible. The proposal `p_theta` (the `model`) stays frozen. Each round samples the
+    current posterior, pays for the accepted and never-seen candidates, fits a new LoRA negative model `p_phi_k` on
+    the failures by maximum likelihood, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_theta(x) >
+    threshold_k}`. The result is [`BanelPosterior`]: `p_theta` conditioned on avoiding every region.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> from banel_trl import BanelConfig, BanelTrainer
+
+    >>> def is_correct(completions, answer, **kwargs):
+    ...     return [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+    >>> dataset = Dataset.from_dict({"prompt": ["2+2="], "answer": ["4"]})
+    >>> trainer = BanelTrainer(
+    ...     model="Qwen/Qwen2.5-0.5B-Instruct",
+    ...     reward_funcs=is_correct,
+    ...     args=BanelConfig("out", max_reward_evaluations=1000, samples_per_round=200),
+    ...     train_dataset=dataset,
+    ... )
+    >>> trainer.train()
+    >>> trainer.successes, trainer.num_reward_evaluations
+    ```
+
+    Args:
+        model (`str` or [`~transformers.PreTrainedModel`] or [`~peft.PeftModel`]):
+            The proposal `p_theta`, kept frozen: a model id or local path (loaded with `args.model_init_kwargs`), or a
+            causal LM. A [`~peft.PeftModel`] is merged into its base first: its adapter is part of `p_theta`.
+        reward_funcs (`RewardFunc | list[RewardFunc]`):
+            As in [`~trl.GRPOTrainer`]: callables (sync or async) called as
+            `f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **other_dataset_columns)` that
+            return one float (or None) per completion, or sequence-classification reward models (instances or ids).
+            Several functions are combined as a weighted sum (`args.reward_weights`); functions that return None for a
+            sample are left out of its sum, and a sample for which all return None (or NaN) has no reward. A sample
+            succeeds when its reward reaches `args.success_threshold`; every other sample, including one with no
+            reward, is a failure. Either way the call was made: it costs one NRE and is recorded in the ledger.
+        args ([`BanelConfig`], *optional*):
+            Configuration. If `None`, a default configuration is used.
+        train_dataset ([`~datasets.Dataset`]):
+            Prompts, in a `"prompt"` column, standard (text) or conversational (messages). Other columns are passed to
+            the reward functions. For an unconditional generator, use a dataset of empty prompts (`""`): generation
+            then starts from the BOS token.
+        eval_dataset ([`~datasets.Dataset`], *optional*):
+            Prompts for [`~BanelTrainer.evaluate`], which measures the posterior's success rate. Its reward calls are
+            evaluation, outside the training budget and the ledger.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Tokenizer; loaded from the model when `None`. Without a pad token, the EOS token is used.
+        reward_processing_classes ([`~transformers.PreTrainedTokenizerBase`] or `list`, *optional*):
+            Tokenizers of reward models, as in [`~trl.GRPOTrainer`].
+        callbacks (list of [`~transformers.TrainerCallback`], *optional*):
+            Trainer callbacks. A callback with a method `on_round_end(args, state, control, trainer, metrics)` is also
+            called after every BaNEL round.
+        optimizers (`tuple`, *optional*, defaults to `(None, None)`):
+            Must stay `(None, None)`: each round trains new adapter parameters, so the optimizer is created per round
+            from `args` (`optim`, `learning_rate`, `lr_scheduler_type`, ...).
+        peft_config ([`~peft.PeftConfig`], *optional*):
+            LoRA configuration of the negative models, one adapter per round. Defaults to rank 16 on all linear layers.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: let the Trainer scale it
+    _tag_names = ["trl", "banel"]
+    _name = "BaNEL"
+    _paper = {
+        "title": "BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards",
+        "id": "2510.09596",
+        "citation": textwrap.dedent("""\
+            @article{banel2025,
+                title        = {{BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards}},
+                year         = 2025,
+                eprint       = {arXiv:2510.09596},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | PeftModel,
+        reward_funcs: RewardFunc | list[RewardFunc],
+        args: BanelConfig | None = None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        reward_processing_classes: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple = (None, None),
+        peft_config: PeftConfig | None = None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else model.config._name_or_path
+            args = BanelConfig(f"{model_name.split('/')[-1]}-BaNEL")
+        if not isinstance(args, BanelConfig):
+            raise ValueError(f"`args` must be a BanelConfig, got {type(args).__name__}.")
+        if optimizers != (None, None):
+            raise ValueError(
+                "BanelTrainer creates a new optimizer every round, for that round's new adapter: pass `optim`, "
+                "`optim_args`, `learning_rate` and `lr_scheduler_type` in BanelConfig instead of `optimizers`."
+            )
+        self._check_dataset(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            self._check_dataset(eval_dataset, "eval_dataset")
+
+        # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
+        set_seed(args.seed)
+        model = self._load_proposal(model, args)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(
+                model.config._name_or_path, trust_remote_code=args.trust_remote_code
+            )
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        if processing_class.pad_token is None:
+            raise ValueError("The tokenizer has neither a pad token nor an EOS token: set `tokenizer.pad_token`.")
+        processing_class.padding_side = "left"
+
+        self.peft_config = peft_config or default_peft_config()
+        model = get_peft_model(model, self.peft_config, adapter_name=region_adapter_name(0))
+
+        self.reward_funcs, self.reward_processing_classes = load_reward_funcs(
+            reward_funcs, reward_processing_classes, args.model_init_kwargs
+        )
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(
+                f"Number of reward weights ({len(args.reward_weights)}) must match number of reward functions "
+                f"({len(self.reward_funcs)})."
+            )
+        self.reward_weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=NegativesCollator(processing_class.pad_token_id),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        for i, reward_func in enumerate(self.reward_funcs):
+            if isinstance(reward_func, PreTrainedModel):
+                self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
+
+        self.generation_config = self._generation_config(model, processing_class, args)
+        self.posterior = BanelPosterior(
+            self.model,
+            temperature=args.temperature,
+            length_normalize=args.length_normalize,
+            scoring_batch_size=args.scoring_batch_size,
+            max_sampling_attempts=args.max_sampling_attempts,
+            generation_config=self.generation_config,
+        )
+        self.ledger: RewardLedger | None = None
+        self._conversational = is_conversational(train_dataset[0])
+        self._prompt_ids_cache: dict[str, list[int]] = {}
+        self._prompts = self._prompt_stream(train_dataset, args.seed)
+        self._negatives: list[dict] = []
+        self._round = 0
+        self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _check_dataset(dataset, name: str) -> None:
+        if dataset is None:
+            raise ValueError(f"`{name}` is required: BaNEL samples completions for its prompts.")
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
+        if len(dataset) == 0:
+            raise ValueError(f"`{name}` is empty.")
+        if "prompt" not in dataset.column_names:
+            raise ValueError(f"`{name}` must have a 'prompt' column; its columns are {dataset.column_names}.")
+
+    @staticmethod
+    def _load_proposal(model, args: BanelConfig) -> PreTrainedModel:
+        if isinstance(model, str):
+            init_kwargs = dict(args.model_init_kwargs or {})
+            init_kwargs.setdefault("dtype", torch.float32)  # as GRPOTrainer: float32 unless asked otherwise
+            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+        elif args.model_init_kwargs is not None:
+            logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model
+
+    @staticmethod
+    def _generation_config(model, tokenizer, args: BanelConfig) -> GenerationConfig:
+        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else (
+            tokenizer.eos_token_id
+        )
+        return GenerationConfig(
+            max_new_tokens=args.max_completion_length,
+            do_sample=True,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=eos,
+            **(args.generation_kwargs or {}),
+        )
+
+    @staticmethod
+    def _prompt_stream(dataset: Dataset, seed: int) -> Iterator[dict]:
+        """The dataset's examples, reshuffled every pass, forever."""
+        rng = random.Random(seed)
+        while True:
+            order = list(range(len(dataset)))
+            rng.shuffle(order)
+            yield from (dataset[i] for i in order)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def num_reward_evaluations(self) -> int:
+        """Reward evaluations paid so far (including those restored from the ledger)."""
+        return 0 if self.ledger is None else len(self.ledger)
+
+    @property
+    def successes(self) -> list[dict]:
+        """Every evaluated sample that reached the success threshold: ledger records (prompt, completion, reward...)."""
+        return [] if self.ledger is None else [r for r in self.ledger.records if r["success"]]
+
+    def _open_ledger(self) -> None:
+        if self.ledger is None:
+            self.ledger = RewardLedger(self.args.output_dir)
+            if len(self.ledger):
+                logger.info(f"Resuming from {self.ledger.path}: {len(self.ledger)} evaluations already paid.")
+        if not self.posterior.regions and os.path.exists(os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME)):
+            regions = read_regions(self.args.output_dir)
+            for region in regions:
+                self._ensure_adapter(region.adapter_name)
+                weights = load_peft_weights(os.path.join(self.args.output_dir, region.adapter_name))
+                set_peft_model_state_dict(self.model, weights, adapter_name=region.adapter_name)
+                self.posterior.add_region(region)
+            logger.info(f"Resuming with the {len(regions)} regions saved in {self.args.output_dir}.")
+
+    def _ensure_adapter(self, name: str) -> None:
+        if name not in self.model.peft_config:
+            self.model.add_adapter(name, self.peft_config)
+
+    # ------------------------------------------------------------------ the BaNEL loop
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+        """
+        Run BaNEL. A run always resumes from `output_dir` when it holds a ledger: paid evaluations are reused, never
+        paid again, and the regions of finished rounds are reloaded. `resume_from_checkpoint` is accepted for
+        compatibility with Trainer scripts and has no other effect.
+        """
+        self._open_ledger()
+        args = self.args
+        for k in range(len(self.posterior.regions), args.num_rounds):
+            self._round = k
+            stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
+            negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
+            if len(negatives) < 2:
+                logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
+                break
+            region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
+            self.posterior.add_region(region)
+            self._save_round()
+            self._log_round(k, stats, region, fit_loss, len(negatives))
+            if self.num_reward_evaluations >= args.max_reward_evaluations:
+                break
+        self._save_round()
+        return TrainOutput(self._fit_steps_before_round, None, {"num_reward_evaluations": self.num_reward_evaluations})
+
+    def _collect_round(self, k: int) -> dict:
+        """
+        Sample the posterior until round `k`'s share of the budget is paid: accepted never-seen candidates are
+        evaluated (one NRE each), accepted candidates already paid for are recorded as free repeats, rejected ones
+        cost nothing. Proposals are capped at `max_sampling_attempts` per evaluation of the round.
+        """
+        args = self.args
+        paid_this_round = sum(1 for r in self.ledger.records if r["round"] == k)
+        budget = min(args.samples_per_round - paid_this_round, args.max_reward_evaluations - len(self.ledger))
+        stats = {"proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
+        max_proposed = args.max_sampling_attempts * max(budget, 1)
+        while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
+            examples, proposal = self._propose_batch()
+            stats["proposed"] += len(examples)
+            stats["accepted"] += int(proposal.accepted.sum())
+            accepted = []
+            for j in proposal.accepted.nonzero().flatten().tolist():
+                completion_ids = proposal.completion_ids[j, : int(proposal.completion_mask[j].sum())].tolist()
+                completion = self.processing_class.decode(completion_ids, skip_special_tokens=True)
+                accepted.append((examples[j], completion_ids, completion))
+            fresh, paid_here = [], set()
+            for example, completion_ids, completion in accepted:
+                key = sample_key(example["prompt"], completion)
+                if key not in paid_here and self.ledger.lookup(example["prompt"], completion) is None:
+                    if len(fresh) < budget - stats["evaluated"]:  # the hard cap: never beyond the round's share
+                        paid_here.add(key)
+                        fresh.append((example, completion_ids))
+            if fresh:
+                self._evaluate_and_record(fresh, k)
+                stats["evaluated"] += len(fresh)
+            # Every other accepted candidate whose reward is known now is a free repeat.
+            repeats = []
+            for example, _, completion in accepted:
+                key = sample_key(example["prompt"], completion)
+                if key in paid_here:
+                    paid_here.remove(key)  # its first occurrence is the paid evaluation itself
+                elif (record := self.ledger.lookup(example["prompt"], completion)) is not None:
+                    repeats.append(record["index"])
+            self.ledger.append_repeats(k, repeats)
+            stats["repeats"] += len(repeats)
+        if stats["evaluated"] < budget:
+            logger.warning(
+                f"Round {k}: the posterior accepted {stats['accepted']} of {stats['proposed']} candidates "
+                f"(acceptance rate {stats['accepted'] / max(stats['proposed'], 1):.2e}), {stats['repeats']} of them "
+                f"already evaluated, so only {stats['evaluated']} of the round's {budget} evaluations were spent within "
+                f"{args.max_sampling_attempts} proposals per evaluation. Ending the round early. If acceptance is "
+                "low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
+            )
+        return stats
+
+    def _propose_batch(self) -> tuple[list[dict], Proposal]:
+        """Draw `generation_batch_size` candidates: `num_generations` per prompt, scored against every region."""
+        args = self.args
+        examples = [next(self._prompts) for _ in range(args.generation_batch_size // args.num_generations)]
+        examples = [example for example in examples for _ in range(args.num_generations)]
+        input_ids, attention_mask = pad_prompts(
+            [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
+        )
+        device = self.accelerator.device
+        return examples, self.posterior.propose(input_ids.to(device), attention_mask.to(device), self.generation_config)
+
+    def _evaluate_and_record(self, candidates: list[tuple[dict, list[int]]], k: int) -> None:
+        """Call the reward functions once on the batch and write every result to the ledger before it counts."""
+        examples = [example for example, _ in candidates]
+        completion_ids = [ids for _, ids in candidates]
+        prompts = [example["prompt"] for example in examples]
+        completions = decode_completions(completion_ids, self.processing_class, self._conversational)
+        columns = {key: [example[key] for example in examples] for key in examples[0] if key != "prompt"}
+        rows = call_reward_funcs(
+            self.reward_funcs,
+            self.reward_processing_classes,
+            prompts,
+            completions,
+            completion_ids,
+            trainer_state=self.state,
+            **columns,
+        )
+        records = []
+        for prompt, ids, rewards in zip(prompts, completion_ids, rows):
+            reward = weighted_reward(rewards, self.reward_weights)
+            records.append({
+                "round": k,
+                "prompt": prompt,
+                "completion": self.processing_class.decode(ids, skip_special_tokens=True),
+                "completion_ids": ids,
+                "rewards": rewards,
+                "reward": reward,
+                "success": reward is not None and reward >= self.args.success_threshold,
+            })
+        self.ledger.append(records)
+
+    def _negative_examples(self, k: int) -> list[dict]:
+        """The failures the negative model of round `k` is fit on; successes are excluded by construction."""
+        rounds = [k] if self.args.negative_samples == "round" else range(k + 1)
+        return [
+            {"prompt_ids": self._prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"]}
+            for round_index in rounds
+            for r in self.ledger.samples_of_round(round_index)
+            if not r["success"]
+        ]
+
+    def _fit_region(self, k: int, negatives: list[dict]) -> tuple[RejectionRegion, float]:
+        """Fit a new LoRA `p_phi_k` on `negatives` by maximum likelihood with the Trainer, then set its threshold."""
+        args = self.args
+        name = region_adapter_name(k)
+        self._ensure_adapter(name)
+        if args.warm_start_negative_model and k > 0:
+            previous = get_peft_model_state_dict(self.model, adapter_name=region_adapter_name(k - 1))
+            set_peft_model_state_dict(self.model, previous, adapter_name=name)
+        self.model.set_adapter(name)  # only this adapter is trainable; p_theta and earlier regions stay frozen
+
+        calibration = []
+        if args.threshold_type == "calibrated":
+            shuffled = random.Random(args.seed + k).sample(negatives, len(negatives))
+            num_held_out = min(max(1, round(args.calibration_fraction * len(negatives))), len(negatives) - 1)
+            calibration, negatives = shuffled[:num_held_out], shuffled[num_held_out:]
+
+        self._negatives = negatives
+        self.optimizer, self.lr_scheduler = None, None  # new parameters every round: new optimizer
+        self.model_wrapped = self.model  # re-wrap so distributed wrappers see this round's trainable parameters
+        history = self.state.log_history
+        output = super().train()
+        self.state.log_history = history + self.state.log_history
+        self._fit_steps_before_round += self.state.global_step
+
+        if args.threshold_type == "filter_factor":
+            threshold = math.log(args.filter_factor)
+        else:
+            batch = self.data_collator(calibration)
+            batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
+            scores = self.posterior.log_ratios(**batch, regions=[RejectionRegion(name, 0.0, k)])[:, 0]
+            threshold = torch.quantile(scores.float().cpu(), 1.0 - args.target_rejection_rate).item()
+        return RejectionRegion(name, threshold, k), output.training_loss
+
+    def _save_round(self) -> None:
+        if self.args.should_save:
+            self.posterior.save_pretrained(self.args.output_dir)
+
+    # ------------------------------------------------------------------ Trainer hooks
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        key = repr(prompt)
+        if key not in self._prompt_ids_cache:
+            self._prompt_ids_cache[key] = tokenize_prompts(
+                [prompt], self.processing_class, self.args.chat_template_kwargs
+            )[0]
+        return self._prompt_ids_cache[key]
+
+    def get_train_dataloader(self):
+        """The current round's negatives: what `Trainer.train` fits the active adapter on."""
+        return self._get_dataloader(
+            dataset=self._negatives,
+            description="Negatives",
+            batch_size=self._train_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Negative log-likelihood per completion token of the failures, under the active adapter."""
+        token_log_probs = completion_log_probs(model, **inputs, temperature=self.args.temperature)
+        loss = -token_log_probs.sum() / inputs["completion_mask"].sum().clamp(min=1)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Each round's fit is its own Trainer.train() call with steps from 0: offset them so that every logger sees
+        # one increasing step axis over the whole run.
+        step = self.state.global_step
+        self.state.global_step = step + self._fit_steps_before_round
+        try:
+            super().log({**logs, "round": self._round}, start_time)
+        finally:
+            self.state.global_step = step
+
+    def _log_round(self, k: int, stats: dict, region: RejectionRegion, fit_loss: float, num_negatives: int) -> None:
+        this_round = [r for r in self.ledger.records if r["round"] == k]
+        metrics = {
+            "nre/used": self.num_reward_evaluations,
+            "nre/left": self.args.max_reward_evaluations - self.num_reward_evaluations,
+            "successes/total": len(self.successes),
+            "successes/round": sum(r["success"] for r in this_round),
+            "success_rate": sum(r["success"] for r in this_round) / max(len(this_round), 1),
+            "acceptance_rate": stats["accepted"] / max(stats["proposed"], 1),
+            "repeats": stats["repeats"],
+            "regions": len(self.posterior.regions),
+            "negatives": num_negatives,
+            "negative_loss": fit_loss,
+            "threshold": region.threshold,
+        }
+        self.log(metrics)
+        for callback in self.callback_handler.callbacks:
+            if hasattr(callback, "on_round_end"):
+                callback.on_round_end(self.args, self.state, self.control, trainer=self, metrics=metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the posterior (every region's adapter and the thresholds) and the tokenizer."""
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.posterior.save_pretrained(output_dir)
+            self.processing_class.save_pretrained(output_dir)
