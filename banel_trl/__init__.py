@@ -1,5 +1,6 @@
 """BaNEL for TRL: post-train a generative model from failed attempts only, under a budget of reward evaluations."""
 
+from .callbacks import BanelCallback
 from .config import BanelConfig
 from .ledger import RewardLedger
 from .posterior import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
@@ -9,6 +10,7 @@ from .trainer import BanelTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "BanelCallback",
     "BanelConfig",
     "BanelPosterior",
     "BanelTrainer",

@@ -31,6 +31,7 @@ from transformers import (
 from transformers.trainer_utils import TrainOutput
 from trl.data_utils import is_conversational
 
+from .callbacks import BanelCallback
 from .config import BanelConfig
 from .data import NegativesCollator, decode_completions, pad_prompts, tokenize_prompts
 from .ledger import RewardLedger, sample_key
@@ -114,7 +115,7 @@ class BanelTrainer(Trainer):
         reward_processing_classes ([`~transformers.PreTrainedTokenizerBase`] or `list`, *optional*):
             Tokenizers of reward models, as in [`~trl.GRPOTrainer`].
         callbacks (list of [`~transformers.TrainerCallback`], *optional*):
-            Trainer callbacks. A callback with a method `on_round_end(args, state, control, trainer, metrics)` is also
+            Trainer callbacks. A [`BanelCallback`] also has `on_round_end(args, state, control, trainer, metrics)`
             called after every BaNEL round.
         optimizers (`tuple`, *optional*, defaults to `(None, None)`):
             Must stay `(None, None)`: each round trains new adapter parameters, so the optimizer is created per round
@@ -523,7 +524,7 @@ class BanelTrainer(Trainer):
         }
         self.log(metrics)
         for callback in self.callback_handler.callbacks:
-            if hasattr(callback, "on_round_end"):
+            if isinstance(callback, BanelCallback):
                 callback.on_round_end(self.args, self.state, self.control, trainer=self, metrics=metrics)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -1,0 +1,13 @@
+"""Callbacks that also hear about BaNEL rounds."""
+
+from transformers import TrainerCallback
+
+
+class BanelCallback(TrainerCallback):
+    """
+    A [`~transformers.TrainerCallback`] with one more event, called by [`BanelTrainer`] after every round, once the
+    round's region is added to the posterior. Every standard event is still called during each round's negative fit.
+    """
+
+    def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
+        """`trainer` is the [`BanelTrainer`]; `metrics` the round's logged figures (NREs, successes, acceptance...)."""

@@ -1,0 +1,85 @@
+import copy
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+
+from banel_trl import BanelConfig
+from banel_trl.testing import char_tokenizer, pretrain, tiny_qwen2
+
+
+# The toy task: 6-character strings over "abcd". The proposal learned that strings rarely start with "b" (~2%);
+# a success is a string that does. Successes are thus rare and structurally unlike the common failures.
+ALPHABET = "abcd"
+LENGTH = 6
+
+
+def starts_with_b(completions, **kwargs):
+    return [float(c.startswith("b")) for c in completions]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    torch.set_num_threads(1)  # 2-core CI machines: threads only contend
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return char_tokenizer(ALPHABET)
+
+
+@pytest.fixture(scope="session")
+def _toy_proposal(tokenizer):
+    rng = random.Random(0)
+    texts = [
+        ("b" if rng.random() < 0.02 else rng.choice("acd")) + "".join(rng.choice(ALPHABET) for _ in range(LENGTH - 1))
+        for _ in range(5000)
+    ]
+    return pretrain(tiny_qwen2(tokenizer), tokenizer, texts, steps=300)
+
+
+@pytest.fixture
+def make_proposal(_toy_proposal):
+    """Fresh copies of the pretrained toy proposal p_theta: a trainer adds its adapters to the model it is given."""
+    return lambda: copy.deepcopy(_toy_proposal)
+
+
+@pytest.fixture
+def proposal(make_proposal):
+    return make_proposal()
+
+
+@pytest.fixture
+def unconditional_dataset():
+    return Dataset.from_dict({"prompt": [""]})
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(**overrides):
+        settings = dict(
+            output_dir=str(tmp_path / "run"),
+            max_reward_evaluations=150,
+            samples_per_round=50,
+            max_completion_length=LENGTH + 1,
+            num_generations=32,
+            generation_batch_size=64,
+            num_train_epochs=3,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_steps=1000,
+            seed=0,
+        )
+        return BanelConfig(**{**settings, **overrides})
+
+    return make
+
+
+def sample_texts(generate, tokenizer, num_samples, seed=0):
+    """Draw `num_samples` unconditional completions with `generate` and decode them."""
+    torch.manual_seed(seed)
+    input_ids = torch.full((num_samples, 1), tokenizer.bos_token_id)
+    sequences = generate(input_ids=input_ids, max_new_tokens=LENGTH + 1, do_sample=True, top_k=0)
+    return tokenizer.batch_decode(sequences[:, 1:], skip_special_tokens=True)
