@@ -157,14 +157,15 @@ class BanelPosterior:
         if not regions:
             return torch.zeros(num_samples, 0, device=prompt_ids.device)
         names = [BASE_ADAPTER] + [region.adapter_name for region in regions]
-        # Row r scores sample r // num_models under model r % num_models.
+        # Row r scores sample r % N under model r // N. Model-major rows keep each forward chunk to one or two
+        # adapters: PEFT splits a mixed batch by adapter inside every LoRA layer, and fewer splits run faster.
         rows = torch.arange(num_samples * num_models, device=prompt_ids.device)
         sequence_log_probs = torch.empty(num_samples * num_models, device=prompt_ids.device)
         was_training = self.model.training
         self.model.eval()  # dropout off; PEFT only mixes adapters in eval mode
         try:
             for chunk in rows.split(self.scoring_batch_size):
-                samples = chunk // num_models
+                samples = chunk % num_samples
                 token_log_probs = completion_log_probs(
                     self.model,
                     prompt_ids[samples],
@@ -172,12 +173,12 @@ class BanelPosterior:
                     completion_ids[samples],
                     completion_mask[samples],
                     self.temperature,
-                    adapter_names=[names[i] for i in (chunk % num_models).tolist()],
+                    adapter_names=[names[i] for i in (chunk // num_samples).tolist()],
                 )
                 sequence_log_probs[chunk] = token_log_probs.sum(dim=1).float()
         finally:
             self.model.train(was_training)
-        sequence_log_probs = sequence_log_probs.view(num_samples, num_models)
+        sequence_log_probs = sequence_log_probs.view(num_models, num_samples).T
         ratios = sequence_log_probs[:, 1:] - sequence_log_probs[:, :1]
         if self.length_normalize:
             ratios = ratios / completion_mask.sum(dim=1, keepdim=True).clamp(min=1)

@@ -523,9 +523,53 @@ class BanelTrainer(Trainer):
             "threshold": region.threshold,
         }
         self.log(metrics)
+        if self.args.log_completions:
+            for r in this_round[: self.args.num_completions_to_print]:
+                logger.info(f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}")
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, BanelCallback):
                 callback.on_round_end(self.args, self.state, self.control, trainer=self, metrics=metrics)
+
+    def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """
+        Success rate of the posterior: `num_generations` accepted samples for every prompt of `eval_dataset` (or of
+        the trainer's `eval_dataset`). These reward calls measure the result: they are outside the training budget
+        and are not written to the ledger.
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        self._check_dataset(dataset, "eval_dataset")
+        args = self.args
+        device = self.accelerator.device
+        num_successes = 0
+        for start in range(0, len(dataset), args.generation_batch_size // args.num_generations):
+            rows = dataset.select(range(start, min(start + args.generation_batch_size // args.num_generations,
+                                                   len(dataset))))
+            examples = [example for example in rows for _ in range(args.num_generations)]
+            input_ids, attention_mask = pad_prompts(
+                [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
+            )
+            sequences = self.posterior.generate(input_ids.to(device), attention_mask.to(device),
+                                                generation_config=self.generation_config)
+            completion_ids = [
+                [t for t in row.tolist() if t != self.processing_class.pad_token_id]
+                for row in sequences[:, input_ids.size(1):]
+            ]
+            rewards = call_reward_funcs(
+                self.reward_funcs,
+                self.reward_processing_classes,
+                [example["prompt"] for example in examples],
+                decode_completions(completion_ids, self.processing_class, self._conversational),
+                completion_ids,
+                trainer_state=self.state,
+                **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
+            )
+            rewards = [weighted_reward(row, self.reward_weights) for row in rewards]
+            num_successes += sum(r is not None and r >= args.success_threshold for r in rewards)
+        num_samples = len(dataset) * args.num_generations
+        metrics = {f"{metric_key_prefix}_success_rate": num_successes / num_samples,
+                   f"{metric_key_prefix}_num_samples": num_samples}
+        self.log(metrics)
+        return metrics
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the posterior (every region's adapter and the thresholds) and the tokenizer."""

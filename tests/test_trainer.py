@@ -92,6 +92,11 @@ def test_budget_is_a_hard_cap_and_only_accepted_new_candidates_are_paid(
     assert rounds[-1]["acceptance_rate"] < 1.0, "later rounds should reject candidates (for free)"
     assert len(trainer.posterior.regions) == 3
 
+    # Measuring the posterior is evaluation: it calls the reward but spends none of the training budget.
+    metrics = trainer.evaluate(unconditional_dataset)
+    assert 0.0 <= metrics["eval_success_rate"] <= 1.0 and metrics["eval_num_samples"] == args.num_generations
+    assert trainer.num_reward_evaluations == 130
+
 
 def test_duplicates_are_free_and_still_count_as_samples(tokenizer, unconditional_dataset, make_config):
     from banel_trl.testing import pretrain, tiny_qwen2
