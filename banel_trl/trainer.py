@@ -317,7 +317,10 @@ class BanelTrainer(Trainer):
         """
         self._open_ledger()
         args = self.args
+        fit_losses = []
         for k in range(len(self.posterior.regions), args.num_rounds):
+            if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
+                break  # the budget is spent and every round that sampled has its region
             self._round = k
             stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
             negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
@@ -326,12 +329,12 @@ class BanelTrainer(Trainer):
                 break
             region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
             self.posterior.add_region(region)
+            fit_losses.append(fit_loss)
             self._save_round()
             self._log_round(k, stats, region, fit_loss, len(negatives))
-            if self.num_reward_evaluations >= args.max_reward_evaluations:
-                break
-        self._save_round()
-        return TrainOutput(self._fit_steps_before_round, None, {"num_reward_evaluations": self.num_reward_evaluations})
+        mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
+        metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
+        return TrainOutput(self._fit_steps_before_round, mean_loss, metrics)
 
     def _collect_round(self, k: int) -> dict:
         """
