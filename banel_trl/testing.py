@@ -1,5 +1,7 @@
 """Tiny offline models for tests and examples: a character tokenizer and a small Qwen2, no Hub access needed."""
 
+import random
+
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -66,3 +68,23 @@ def pretrain(model, tokenizer, texts: list[str], steps: int = 300, batch_size: i
         optimizer.zero_grad()
     model.eval()
     return model
+
+
+def starts_with_b(completions, **kwargs):
+    """The toy task's reward (TRL's contract): 1 for a completion starting with "b"."""
+    return [float(completion.startswith("b")) for completion in completions]
+
+
+def rare_b_proposal(seed: int = 0, length: int = 6, rate: float = 0.02):
+    """
+    The toy task's proposal: a tiny Qwen2 pretrained on `length`-letter strings over "abcd" that start with "b" only
+    `rate` of the time. Successes (strings starting with "b") are rare and structurally unlike the failures.
+    Returns `(tokenizer, model)`.
+    """
+    tokenizer = char_tokenizer("abcd")
+    rng = random.Random(seed)
+    texts = [
+        ("b" if rng.random() < rate else rng.choice("acd")) + "".join(rng.choice("abcd") for _ in range(length - 1))
+        for _ in range(5000)
+    ]
+    return tokenizer, pretrain(tiny_qwen2(tokenizer, seed=seed), tokenizer, texts, steps=300, seed=seed)

@@ -12,17 +12,12 @@ and a dataset with a "prompt" column.
 """
 
 import argparse
-import random
 
 import torch
 from datasets import Dataset
 
 from banel_trl import BanelConfig, BanelTrainer
-from banel_trl.testing import char_tokenizer, pretrain, tiny_qwen2
-
-
-def starts_with_b(completions, **kwargs):
-    return [float(completion.startswith("b")) for completion in completions]
+from banel_trl.testing import rare_b_proposal, starts_with_b
 
 
 def success_rate(generate, tokenizer, num_samples=3000):
@@ -40,13 +35,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)  # a model this small runs fastest on one thread
 
-    tokenizer = char_tokenizer("abcd")
-    rng = random.Random(0)
-    texts = [
-        ("b" if rng.random() < 0.02 else rng.choice("acd")) + "".join(rng.choice("abcd") for _ in range(5))
-        for _ in range(5000)
-    ]
-    model = pretrain(tiny_qwen2(tokenizer), tokenizer, texts, steps=300)
+    tokenizer, model = rare_b_proposal(seed=0)  # ~2% of its strings start with "b"; those are the successes
     base_rate = success_rate(model.generate, tokenizer)
 
     args = BanelConfig(

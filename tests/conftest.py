@@ -1,22 +1,16 @@
 import copy
-import random
 
 import pytest
 import torch
 from datasets import Dataset
 
 from banel_trl import BanelConfig
-from banel_trl.testing import char_tokenizer, pretrain, tiny_qwen2
+from banel_trl.testing import rare_b_proposal
 
 
 # The toy task: 6-character strings over "abcd". The proposal learned that strings rarely start with "b" (~2%);
 # a success is a string that does. Successes are thus rare and structurally unlike the common failures.
-ALPHABET = "abcd"
 LENGTH = 6
-
-
-def starts_with_b(completions, **kwargs):
-    return [float(c.startswith("b")) for c in completions]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,18 +19,18 @@ def single_thread():
 
 
 @pytest.fixture(scope="session")
-def tokenizer():
-    return char_tokenizer(ALPHABET)
+def _toy_task():
+    return rare_b_proposal(seed=0, length=LENGTH)
 
 
 @pytest.fixture(scope="session")
-def _toy_proposal(tokenizer):
-    rng = random.Random(0)
-    texts = [
-        ("b" if rng.random() < 0.02 else rng.choice("acd")) + "".join(rng.choice(ALPHABET) for _ in range(LENGTH - 1))
-        for _ in range(5000)
-    ]
-    return pretrain(tiny_qwen2(tokenizer), tokenizer, texts, steps=300)
+def tokenizer(_toy_task):
+    return _toy_task[0]
+
+
+@pytest.fixture(scope="session")
+def _toy_proposal(_toy_task):
+    return _toy_task[1]
 
 
 @pytest.fixture

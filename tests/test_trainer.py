@@ -9,8 +9,9 @@ from trl import GRPOConfig, GRPOTrainer
 from banel_trl import BanelPosterior, BanelTrainer
 from banel_trl.data import NegativesCollator
 from banel_trl.ledger import LEDGER_NAME
+from banel_trl.testing import starts_with_b
 
-from .conftest import sample_texts, starts_with_b
+from .conftest import sample_texts
 
 
 class CountingReward:

@@ -14,7 +14,6 @@ a string starting with "b".
 """
 
 import argparse
-import random
 import statistics
 import tempfile
 
@@ -23,14 +22,10 @@ from datasets import Dataset
 from peft import LoraConfig
 
 from banel_trl import BanelCallback, BanelConfig, BanelTrainer
-from banel_trl.testing import char_tokenizer, pretrain, tiny_qwen2
+from banel_trl.testing import rare_b_proposal, starts_with_b
 
 
 LENGTH = 6
-
-
-def starts_with_b(completions, **kwargs):
-    return [float(c.startswith("b")) for c in completions]
 
 
 def auc(failure_scores: list[float], success_scores: list[float]) -> float:
@@ -73,13 +68,7 @@ class DiscriminationProbe(BanelCallback):
 
 def run(seed: int, options) -> dict:
     torch.manual_seed(seed)
-    tokenizer = char_tokenizer("abcd")
-    rng = random.Random(seed)
-    texts = [
-        ("b" if rng.random() < 0.02 else rng.choice("acd")) + "".join(rng.choice("abcd") for _ in range(LENGTH - 1))
-        for _ in range(5000)
-    ]
-    model = pretrain(tiny_qwen2(tokenizer, seed=seed), tokenizer, texts, steps=300, seed=seed)
+    tokenizer, model = rare_b_proposal(seed=seed, length=LENGTH)
     probe = DiscriminationProbe(tokenizer, options.probe_samples)
     with tempfile.TemporaryDirectory() as output_dir:
         args = BanelConfig(
