@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_TARGET_PATH",
     "DEFAULT_ATTACKER_PATH",
     "build_tokenizer",
+    "load_tokenizer",
     "sample_operand",
     "sample_query",
     "format_query",
@@ -108,6 +109,21 @@ def build_tokenizer():
         clean_up_tokenization_spaces=False,
     )
     return hf
+
+
+def load_tokenizer(path: str = DEFAULT_TARGET_PATH):
+    """Load the saved tokenizer with its exact character-level pipeline.
+
+    Prefer this (or :func:`build_tokenizer`) over ``AutoTokenizer.from_pretrained``:
+    because the model config says ``qwen2``, transformers 5 maps ``AutoTokenizer``
+    to ``Qwen2Tokenizer``, which swaps in Qwen's byte-level pre-tokenizer.  That
+    gives identical ids/decoding on the task alphabet (digits, ``+``, ``=``,
+    special tokens) but silently drops out-of-vocabulary characters such as
+    spaces instead of mapping them to ``<unk>``.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(path)
 
 
 # --------------------------------------------------------------------------- data
