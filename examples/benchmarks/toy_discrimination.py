@@ -116,7 +116,7 @@ def main():
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--negative_samples", choices=["round", "all"], default="round")
+    parser.add_argument("--negative_samples", choices=["round", "all"], default="all")
     parser.add_argument("--warm_start", action="store_true")
     parser.add_argument("--threshold_type", choices=["calibrated", "filter_factor"], default="calibrated")
     parser.add_argument("--target_rejection_rate", type=float, default=0.5)
