@@ -402,17 +402,7 @@ class BanelTrainer(Trainer):
         examples = [example for example, _ in candidates]
         completion_ids = [ids for _, ids in candidates]
         prompts = [example["prompt"] for example in examples]
-        completions = decode_completions(completion_ids, self.processing_class, self._conversational)
-        columns = {key: [example[key] for example in examples] for key in examples[0] if key != "prompt"}
-        rows = call_reward_funcs(
-            self.reward_funcs,
-            self.reward_processing_classes,
-            prompts,
-            completions,
-            completion_ids,
-            trainer_state=self.state,
-            **columns,
-        )
+        rows = self._call_rewards(examples, completion_ids)
         records = []
         for prompt, ids, rewards in zip(prompts, completion_ids, rows):
             reward = weighted_reward(rewards, self.reward_weights)
@@ -426,6 +416,18 @@ class BanelTrainer(Trainer):
                 "success": reward is not None and reward >= self.args.success_threshold,
             })
         self.ledger.append(records)
+
+    def _call_rewards(self, examples: list[dict], completion_ids: list[list[int]]) -> list[list[float | None]]:
+        """The reward functions on a batch, with TRL's arguments: prompts, completions, ids and the other columns."""
+        return call_reward_funcs(
+            self.reward_funcs,
+            self.reward_processing_classes,
+            [example["prompt"] for example in examples],
+            decode_completions(completion_ids, self.processing_class, self._conversational),
+            completion_ids,
+            trainer_state=self.state,
+            **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
+        )
 
     def _negative_examples(self, k: int) -> list[dict]:
         """The failures the negative model of round `k` is fit on; successes are excluded by construction."""
@@ -557,16 +559,7 @@ class BanelTrainer(Trainer):
                 [t for t in row.tolist() if t != self.processing_class.pad_token_id]
                 for row in sequences[:, input_ids.size(1):]
             ]
-            rewards = call_reward_funcs(
-                self.reward_funcs,
-                self.reward_processing_classes,
-                [example["prompt"] for example in examples],
-                decode_completions(completion_ids, self.processing_class, self._conversational),
-                completion_ids,
-                trainer_state=self.state,
-                **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
-            )
-            rewards = [weighted_reward(row, self.reward_weights) for row in rewards]
+            rewards = [weighted_reward(row, self.reward_weights) for row in self._call_rewards(examples, completion_ids)]
             num_successes += sum(r is not None and r >= args.success_threshold for r in rewards)
         num_samples = len(dataset) * args.num_generations
         metrics = {f"{metric_key_prefix}_success_rate": num_successes / num_samples,
