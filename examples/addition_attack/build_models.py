@@ -5,7 +5,7 @@
 
 Both models are tiny ``Qwen2ForCausalLM`` trained with a plain PyTorch loop
 (AdamW, linear warm-up + cosine decay) on freshly sampled queries (see
-``task.py`` for the format).  The training data never contains leading zeros;
+``banel_trl/tasks/addition_attack`` for the format).  The training data never contains leading zeros;
 the attacker sees the queries alone (``<bos>a+b=<eos>``), the target sees
 ``<bos>a+b=<reversed sum><eos>`` with the loss on the answer only.
 
@@ -21,13 +21,11 @@ import json
 import math
 import os
 import random
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import task  # noqa: E402
+from banel_trl.tasks import addition_attack as task
 
 
 # --------------------------------------------------------------------------- data
@@ -228,7 +226,7 @@ def measure(target, attacker, tok, n: int, seed: int, rng_seed: int, n_target_ev
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "models"))
+    ap.add_argument("--out", default=os.path.dirname(task.DEFAULT_TARGET_PATH))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="tiny run to check the pipeline (figures meaningless)")
     ap.add_argument("--threads", type=int, default=1)

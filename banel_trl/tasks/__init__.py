@@ -1,0 +1,1 @@
+"""Benchmark tasks shipped with banel_trl, small enough to run offline on a CPU (used by `banel-trl demo`)."""
