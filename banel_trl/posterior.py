@@ -3,7 +3,9 @@
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -13,6 +15,8 @@ from trl.trainer.utils import pad, selective_log_softmax
 
 
 POSTERIOR_CONFIG_NAME = "banel_posterior.json"
+LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_log_probs` (64 MiB in float32)
+MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
 
 
@@ -31,7 +35,11 @@ class RejectionRegion:
 
 @dataclass
 class Proposal:
-    """A batch of candidates from p_theta with their log-ratios under each region, shape `(N, K)`."""
+    """
+    A batch of candidates from p_theta with their log-ratios under each region, shape `(N, K)`. Regions are scored in
+    order and a rejected candidate is not scored under the later ones: `log_ratios[i, k]` is NaN when a region of
+    index below `k` already rejected candidate `i` (see `stop_at_rejection` in [`~BanelPosterior.log_ratios`]).
+    """
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
@@ -85,7 +93,14 @@ def completion_log_probs(
         use_cache=False,
         **extra,
     ).logits[:, :-1]
-    return selective_log_softmax(logits, completion_ids, temperature) * completion_mask
+    # TRL's selective_log_softmax bounds memory by looping over rows; handing it blocks of rows as single rows keeps
+    # that bound (one block's temporaries) without a Python step per row, which small vocabularies would pay for.
+    rows_per_block = max(1, LOG_SOFTMAX_BLOCK_SIZE // logits[0].numel())
+    token_log_probs = [
+        selective_log_softmax(block.reshape(1, -1, block.size(-1)), ids.reshape(1, -1), temperature).view_as(ids)
+        for block, ids in zip(logits.split(rows_per_block), completion_ids.split(rows_per_block))
+    ]
+    return torch.cat(token_log_probs) * completion_mask
 
 
 class BanelPosterior:
@@ -94,8 +109,8 @@ class BanelPosterior:
 
     `p_theta` is the base model with its adapters disabled; each region `R_k` is a LoRA adapter `p_phi_k` on the same
     base and a threshold: `x` is rejected when `log p_phi_k(x) - log p_theta(x) > threshold_k` for ANY `k` (computed on
-    the completion, given the prompt). Scoring a candidate under `p_theta` and all `K` regions is a single batched
-    forward, using PEFT's mixed-adapter batches.
+    the completion, given the prompt). Candidates are scored under the regions in order, and one rejected by a region
+    is not scored under the later ones; likelihoods under several adapters share PEFT's mixed-adapter batches.
 
     Args:
         model ([`~peft.PeftModel`]):
@@ -107,7 +122,8 @@ class BanelPosterior:
         length_normalize (`bool`, *optional*, defaults to `False`):
             Compare per-token mean log-likelihoods instead of sums.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
-            Rows per forward pass when scoring; each candidate takes `K + 1` rows.
+            Rows per forward pass when scoring; a candidate takes one row for `p_theta` and one per region it is
+            scored under.
         max_sampling_attempts (`int`, *optional*, defaults to `100`):
             Candidates proposed per requested sample before [`~BanelPosterior.generate`] gives up.
         generation_config ([`~transformers.GenerationConfig`], *optional*):
@@ -147,45 +163,125 @@ class BanelPosterior:
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
         regions: list[RejectionRegion] | None = None,
+        stop_at_rejection: bool = False,
     ) -> torch.Tensor:
         """
         `log p_phi_k(x) - log p_theta(x)` for every candidate and region, shape `(N, K)` (divided by the completion
-        length when `length_normalize`). All `K + 1` likelihoods of a candidate come from one mixed-adapter forward.
+        length when `length_normalize`). `p_theta` is scored once per candidate. A forward chunk whose rows all use
+        one adapter runs with that adapter active; chunks that span several use PEFT's mixed-adapter batches.
+
+        Args:
+            prompt_ids, prompt_mask, completion_ids, completion_mask (`torch.Tensor`):
+                Left-padded prompts and right-padded completions, `(N, P)` and `(N, C)`.
+            regions (`list[RejectionRegion]`, *optional*):
+                The regions to score under; defaults to the posterior's.
+            stop_at_rejection (`bool`, *optional*, defaults to `False`):
+                Score the regions in order, in stages, and drop a candidate from later stages as soon as a region
+                rejects it (log-ratio above that region's threshold). Its entries for the regions it was not scored
+                under are NaN: an entry is NaN only if a region of lower index already rejected the candidate. The
+                decisions of [`~BanelPosterior.rejects`] are those of full scores, at the cost of the scores a
+                rejected candidate no longer needs.
         """
         regions = self.regions if regions is None else regions
-        num_samples, num_models = prompt_ids.size(0), len(regions) + 1
+        num_samples, device = prompt_ids.size(0), prompt_ids.device
+        ratios = torch.full((num_samples, len(regions)), float("nan"), device=device)
         if not regions:
-            return torch.zeros(num_samples, 0, device=prompt_ids.device)
-        names = [BASE_ADAPTER] + [region.adapter_name for region in regions]
-        # Row r scores sample r % N under model r // N. Model-major rows keep each forward chunk to one or two
-        # adapters: PEFT splits a mixed batch by adapter inside every LoRA layer, and fewer splits run faster.
-        rows = torch.arange(num_samples * num_models, device=prompt_ids.device)
-        sequence_log_probs = torch.empty(num_samples * num_models, device=prompt_ids.device)
+            return ratios
+        thresholds = torch.tensor([region.threshold for region in regions], device=device)
+        lengths = completion_mask.sum(dim=1).clamp(min=1).float()
+        inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+        alive = torch.arange(num_samples, device=device)
+        base_log_probs, start = None, 0
         was_training = self.model.training
         self.model.eval()  # dropout off; PEFT only mixes adapters in eval mode
         try:
-            for chunk in rows.split(self.scoring_batch_size):
-                samples = chunk % num_samples
-                token_log_probs = completion_log_probs(
-                    self.model,
-                    prompt_ids[samples],
-                    prompt_mask[samples],
-                    completion_ids[samples],
-                    completion_mask[samples],
-                    self.temperature,
-                    adapter_names=[names[i] for i in (chunk // num_samples).tolist()],
-                )
-                sequence_log_probs[chunk] = token_log_probs.sum(dim=1).float()
+            while start < len(regions) and len(alive) > 0:
+                # One region per stage, or several once so few candidates survive that a stage would not fill
+                # MIN_STAGE_ROWS rows: forwards that small cost their fixed overhead more than the rows they save.
+                size = math.ceil(MIN_STAGE_ROWS / len(alive)) if stop_at_rejection else len(regions)
+                stage = range(start, min(start + size, len(regions)))
+                names = [regions[k].adapter_name for k in stage]
+                if base_log_probs is None:
+                    log_probs = self._sequence_log_probs([BASE_ADAPTER] + names, alive, *inputs)
+                    base_log_probs, log_probs = log_probs[0], log_probs[1:]
+                else:
+                    log_probs = self._sequence_log_probs(names, alive, *inputs)
+                stage_ratios = log_probs.T - base_log_probs[alive, None]
+                if self.length_normalize:
+                    stage_ratios = stage_ratios / lengths[alive, None]
+                ratios[alive, stage.start : stage.stop] = stage_ratios
+                if stop_at_rejection:
+                    alive = alive[~(stage_ratios > thresholds[stage.start : stage.stop]).any(dim=1)]
+                start = stage.stop
         finally:
             self.model.train(was_training)
-        sequence_log_probs = sequence_log_probs.view(num_models, num_samples).T
-        ratios = sequence_log_probs[:, 1:] - sequence_log_probs[:, :1]
-        if self.length_normalize:
-            ratios = ratios / completion_mask.sum(dim=1, keepdim=True).clamp(min=1)
         return ratios
 
+    def _sequence_log_probs(
+        self,
+        names: list[str],
+        samples: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Sequence log-likelihoods `(len(names), len(samples))` of the candidates `samples` under each adapter."""
+        num_samples = len(samples)
+        # Row r scores sample r % n under adapter r // n. Model-major rows keep most forward chunks to one adapter,
+        # run as a plain forward with that adapter active: a mixed-adapter batch, which PEFT splits by adapter inside
+        # every LoRA layer, is only used for chunks that straddle two or more adapters.
+        rows = torch.arange(num_samples * len(names), device=samples.device)
+        sequence_log_probs = torch.empty(len(rows), device=samples.device)
+        for chunk in rows.split(self.scoring_batch_size):
+            chunk_samples = samples[chunk % num_samples]
+            chunk_prompt_mask, chunk_completion_mask = prompt_mask[chunk_samples], completion_mask[chunk_samples]
+            # Drop the columns that are padding in every row of the chunk: left of the prompts, right of completions.
+            used_completion = chunk_completion_mask.any(dim=0).long()
+            prompt_start = int(chunk_prompt_mask.any(dim=0).long().argmax())
+            completion_end = len(used_completion) - int(used_completion.flip(0).argmax())
+            chunk_names = [names[i] for i in (chunk // num_samples).tolist()]
+            single = chunk_names[0] if len(set(chunk_names)) == 1 else None
+            with self._only_adapter(single):
+                token_log_probs = completion_log_probs(
+                    self.model,
+                    prompt_ids[chunk_samples, prompt_start:],
+                    chunk_prompt_mask[:, prompt_start:],
+                    completion_ids[chunk_samples, :completion_end],
+                    chunk_completion_mask[:, :completion_end],
+                    self.temperature,
+                    adapter_names=None if single else chunk_names,
+                )
+            sequence_log_probs[chunk] = token_log_probs.sum(dim=1).float()
+        return sequence_log_probs.view(len(names), num_samples)
+
+    @contextmanager
+    def _only_adapter(self, name: str | None):
+        """
+        Run the model under the adapter `name` alone (`BASE_ADAPTER`: none; `None`: leave it as it is), then restore
+        the active adapter and which parameters require gradients, both of which `set_adapter` changes.
+        """
+        if name == BASE_ADAPTER:
+            with self.model.disable_adapter():
+                yield
+        elif name is None or name == self.model.active_adapter:
+            yield
+        else:
+            previous = self.model.active_adapter
+            requires_grad = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
+            self.model.set_adapter(name)
+            try:
+                yield
+            finally:
+                self.model.set_adapter(previous)
+                for parameter, flag in requires_grad:
+                    parameter.requires_grad_(flag)
+
     def rejects(self, log_ratios: torch.Tensor) -> torch.Tensor:
-        """A candidate is rejected when any region's log-ratio exceeds its threshold."""
+        """
+        A candidate is rejected when any region's log-ratio exceeds its threshold. NaN entries (regions a candidate
+        was not scored under, see `stop_at_rejection`) never reject.
+        """
         return (log_ratios > self.thresholds.to(log_ratios.device)).any(dim=1)
 
     @torch.no_grad()
@@ -206,7 +302,9 @@ class BanelPosterior:
         eos = generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         completion_mask = completion_mask_from_ids(completion_ids, eos)
-        log_ratios = self.log_ratios(input_ids, attention_mask, completion_ids, completion_mask)
+        log_ratios = self.log_ratios(
+            input_ids, attention_mask, completion_ids, completion_mask, stop_at_rejection=True
+        )
         return Proposal(
             input_ids, attention_mask, completion_ids, completion_mask, log_ratios, ~self.rejects(log_ratios)
         )
@@ -275,9 +373,19 @@ class BanelPosterior:
         """
         os.makedirs(save_directory, exist_ok=True)
         if self.regions:
-            self.model.save_pretrained(
-                save_directory, selected_adapters=[region.adapter_name for region in self.regions]
-            )
+            # Every save rewrites every region's adapter. Write them aside and move them into place file by file, so
+            # that a crash mid-save leaves each file of a listed region whole (the old or the new copy, the same).
+            staging = os.path.join(save_directory, ".banel_saving")
+            shutil.rmtree(staging, ignore_errors=True)
+            self.model.save_pretrained(staging, selected_adapters=[region.adapter_name for region in self.regions])
+            for folder, _, files in os.walk(staging):
+                target = os.path.join(save_directory, os.path.relpath(folder, staging))
+                os.makedirs(target, exist_ok=True)
+                for name in files:
+                    with open(os.path.join(folder, name), "rb") as file:
+                        os.fsync(file.fileno())
+                    os.replace(os.path.join(folder, name), os.path.join(target, name))
+            shutil.rmtree(staging)
         config = {
             "regions": [asdict(region) for region in self.regions],
             "temperature": self.temperature,
@@ -290,6 +398,34 @@ class BanelPosterior:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, os.path.join(save_directory, POSTERIOR_CONFIG_NAME))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        tokenizer=None,
+        run_dir: str | None = None,
+        commit_message: str = "Upload BaNEL posterior",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        dataset_name: str | None = None,
+    ):
+        """
+        Upload the posterior to the Hub repository `repo_id` (created if needed): what
+        [`~BanelPosterior.save_pretrained`] writes (every region's adapter, the thresholds), the `tokenizer` if given,
+        and a model card in TRL's style. With `run_dir`, the run's `output_dir`, the card also reports the reward
+        evaluations used, the successes and the success rate of every round, with the per-round plot, and the ledger
+        is uploaded too. Load it back with [`~BanelPosterior.from_pretrained`] on a download of the repository.
+
+        Returns:
+            [`~huggingface_hub.CommitInfo`]: the upload's commit.
+        """
+        from .hub import push_posterior_to_hub
+
+        return push_posterior_to_hub(
+            self, repo_id, tokenizer=tokenizer, run_dir=run_dir, commit_message=commit_message, private=private,
+            token=token, revision=revision, dataset_name=dataset_name,
+        )
 
     @classmethod
     def from_pretrained(

@@ -5,6 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from scipy.stats import chisquare
 
+from banel_trl import posterior as posterior_module
 from banel_trl import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
 from banel_trl.data import NegativesCollator
 from banel_trl.testing import char_tokenizer, tiny_qwen2
@@ -82,6 +83,37 @@ def test_scores_do_not_depend_on_batch_padding(small_space):
     alone = posterior.log_ratios(**collate([short]))
     padded = posterior.log_ratios(**collate([short, longer]))[:1]
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("min_stage_rows", [1, 1000])  # one region per stage; every region in one stage
+def test_early_rejection_keeps_every_decision(small_space, min_stage_rows, monkeypatch):
+    monkeypatch.setattr(posterior_module, "MIN_STAGE_ROWS", min_stage_rows)
+    tokenizer, model, _, _, batch = small_space
+    for k in (1, 2):
+        model.add_adapter(f"region_{k}", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    names = ["region_0", "region_1", "region_2"]
+    full = BanelPosterior(model, scoring_batch_size=32).log_ratios(
+        **batch, regions=[RejectionRegion(name, 0.0, k) for k, name in enumerate(names)]
+    )
+    thresholds = full.median(dim=0).values  # each region rejects half the space
+    regions = [RejectionRegion(name, t.item(), k) for k, (name, t) in enumerate(zip(names, thresholds))]
+    posterior = BanelPosterior(model, regions, scoring_batch_size=32)
+    requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+    early = posterior.log_ratios(**batch, stop_at_rejection=True)
+    # Scoring switched adapters; the model is left as it was.
+    assert model.active_adapter == "region_0"
+    assert requires_grad == {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+
+    assert torch.equal(posterior.rejects(early), posterior.rejects(full))
+    scored = ~early.isnan()
+    torch.testing.assert_close(early[scored], full[scored], atol=1e-5, rtol=1e-4)
+    # An entry is left unscored only when a region of lower index already rejected the candidate.
+    rejected_before = (full > thresholds).long().cumsum(dim=1) - (full > thresholds).long() > 0
+    assert (rejected_before | scored).all()
+    if min_stage_rows == 1:
+        assert torch.equal(~scored, rejected_before)
+    for k in (1, 2):
+        model.delete_adapter(f"region_{k}")
 
 
 def test_generate_reports_acceptance_collapse(small_space):

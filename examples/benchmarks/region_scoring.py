@@ -1,9 +1,10 @@
 """
 Benchmark: scoring candidates under p_theta and K regions, one mixed-adapter forward vs one forward per region.
 
-BanelPosterior.log_ratios puts the K + 1 copies of each candidate (base + every region's LoRA) in the same forward
-with PEFT's `adapter_names`; the alternative activates each adapter in turn and runs K + 1 passes. Both give the same
-numbers; this prints their wall time on CPU.
+BanelPosterior.log_ratios scores the K + 1 copies of each candidate (base + every region's LoRA) in model-major
+chunks, with PEFT's `adapter_names` where a chunk spans adapters; the alternative activates each adapter in turn and
+runs K + 1 passes. Both give the same numbers; this prints their wall time on CPU. posterior_throughput.py measures
+the whole sampler, early rejection included (docs/results/performance.md).
 
     python examples/benchmarks/region_scoring.py --regions 1 5 10 20
 """
