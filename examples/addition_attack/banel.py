@@ -1,0 +1,79 @@
+"""BaNEL on the addition attack: one seeded run of BanelTrainer, with per-round discrimination measured on the side."""
+
+import os
+import time
+
+from datasets import Dataset
+
+from banel_trl import BanelCallback, BanelConfig, BanelTrainer
+from banel_trl.tasks import addition_attack as task
+
+from evaluation import encode_queries, posterior_success_rate, region_discrimination
+
+
+class RoundProbe(BanelCallback):
+    """After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC."""
+
+    def __init__(self, pool_batches: dict):
+        self.pool_batches = pool_batches
+        self.rounds = []
+        self.start = time.time()
+
+    def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
+        region = trainer.posterior.regions[-1]
+        row = {
+            "round": region.round,
+            "nre": metrics["nre/used"],
+            "round_success_rate": metrics["success_rate"],
+            "acceptance_rate": metrics["acceptance_rate"],
+            "successes": metrics["successes/total"],
+            "threshold": region.threshold,
+            "seconds": time.time() - self.start,
+            **region_discrimination(trainer.posterior, self.pool_batches),
+        }
+        self.rounds.append(row)
+        print("    " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+              flush=True)
+
+
+def run_banel(seed: int, reward, tokenizer, pool: dict, output_dir: str, eval_samples: int,
+              eval_max_proposals: int, config_overrides: dict) -> dict:
+    """Train BaNEL from the pretrained attacker with the shipped defaults (plus `config_overrides`), then evaluate."""
+    start = time.time()
+    config = BanelConfig(
+        output_dir=output_dir,
+        seed=seed,
+        max_completion_length=2 * task.MAX_DIGITS + 4,
+        report_to="none",
+        disable_tqdm=True,
+        logging_strategy="no",
+        use_cpu=True,
+        **config_overrides,
+    )
+    probe = RoundProbe({kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")})
+    trainer = BanelTrainer(
+        task.DEFAULT_ATTACKER_PATH,  # a path, as a user passes a Hub id: the real loading code
+        reward,
+        args=config,
+        train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token]}),
+        processing_class=tokenizer,
+        callbacks=[probe],
+    )
+    trainer.train()
+    train_seconds = time.time() - start
+    evaluation = posterior_success_rate(
+        trainer.posterior, tokenizer, reward, trainer.generation_config, eval_samples, eval_max_proposals, seed + 1000
+    )
+    successes = [record["completion"] for record in trainer.successes]
+    return {
+        "method": "banel",
+        "seed": seed,
+        **evaluation,
+        "nre": trainer.num_reward_evaluations,
+        "training_successes": successes,
+        "rounds": probe.rounds,
+        "curve": [(row["nre"], row["round_success_rate"]) for row in probe.rounds],
+        "train_seconds": train_seconds,
+        "seconds": time.time() - start,
+        "output_dir": os.path.abspath(output_dir),
+    }

@@ -1,0 +1,117 @@
+"""Measuring attackers: success rates on fresh samples, and how well a region separates successes from failures."""
+
+import json
+import os
+import time
+
+import torch
+from scipy.stats import beta
+
+from banel_trl.tasks import addition_attack as task
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact two-sided binomial confidence interval for a success rate."""
+    low = beta.ppf(alpha / 2, successes, trials - successes + 1) if successes > 0 else 0.0
+    high = beta.ppf(1 - alpha / 2, successes + 1, trials - successes) if successes < trials else 1.0
+    return float(low), float(high)
+
+
+def auc(failure_scores: torch.Tensor, success_scores: torch.Tensor) -> float:
+    """P(a failure scores above a success), ties counted half (Mann-Whitney U / (n_f n_s))."""
+    if len(failure_scores) == 0 or len(success_scores) == 0:
+        return float("nan")
+    above = (failure_scores[:, None] > success_scores[None, :]).float().mean()
+    ties = (failure_scores[:, None] == success_scores[None, :]).float().mean()
+    return (above + 0.5 * ties).item()
+
+
+def rate_summary(successes: int, samples: int) -> dict:
+    low, high = clopper_pearson(successes, samples)
+    return {"successes": successes, "samples": samples, "success_rate": successes / max(samples, 1),
+            "ci95": [low, high]}
+
+
+def model_success_rate(model, tokenizer, reward, num_samples: int, seed: int, temperature: float = 1.0) -> dict:
+    """Success rate of plain ancestral samples from `model` (the pretrained attacker or a fine-tuned one)."""
+    queries = task.sample_queries(model, tokenizer, num_samples, batch_size=4000, temperature=temperature, seed=seed)
+    rewards = reward(completions=queries)
+    return {**rate_summary(int(sum(rewards)), num_samples), "queries": [q for q, r in zip(queries, rewards) if r]}
+
+
+@torch.no_grad()
+def posterior_success_rate(posterior, tokenizer, reward, generation_config, num_samples: int,
+                           max_proposals: int, seed: int, batch_size: int = 8192) -> dict:
+    """
+    Success rate of the BaNEL posterior on fresh samples: candidates from p_theta, filtered by every region, until
+    `num_samples` are accepted or `max_proposals` were drawn. Only accepted samples are scored by the target.
+    """
+    torch.manual_seed(seed)
+    bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
+    proposed, accepted_texts = 0, []
+    while len(accepted_texts) < num_samples and proposed < max_proposals:
+        proposal = posterior.propose(bos, torch.ones_like(bos), generation_config)
+        keep = proposal.completion_ids[proposal.accepted]
+        accepted_texts += tokenizer.batch_decode(keep, skip_special_tokens=True)
+        proposed += batch_size
+    accepted_texts = accepted_texts[:num_samples]
+    rewards = reward(completions=accepted_texts)
+    summary = rate_summary(int(sum(rewards)), len(accepted_texts))
+    return {**summary, "proposed": proposed, "acceptance_rate": len(accepted_texts) / proposed,
+            "queries": [q for q, r in zip(accepted_texts, rewards) if r]}
+
+
+def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: int, cache_dir: str) -> dict:
+    """
+    A fixed sample of the pretrained attacker with known outcomes: all its successes and `num_failures` failures.
+    Regions are scored on it after every round to measure discrimination. Cached: it costs `num_samples` target calls.
+    """
+    path = os.path.join(cache_dir, f"reference_pool_{reward.__name__}_{num_samples}_{num_failures}.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            return json.load(file)
+    start = time.time()
+    queries = task.sample_queries(attacker, tokenizer, num_samples, batch_size=4000, seed=12345)
+    rewards = reward(completions=queries)
+    pool = {
+        "successes": [q for q, r in zip(queries, rewards) if r],
+        "failures": [q for q, r in zip(queries, rewards) if not r][:num_failures],
+        "num_samples": num_samples,
+        "seconds": time.time() - start,
+    }
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(pool, file)
+    return pool
+
+
+def encode_queries(tokenizer, queries: list[str]) -> dict:
+    """Prompt (BOS) and right-padded completion (query + EOS) tensors, as the posterior scores them."""
+    completions = [tokenizer.convert_tokens_to_ids(list(q)) + [tokenizer.eos_token_id] for q in queries]
+    width = max(len(c) for c in completions)
+    completion_ids = torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c in completions])
+    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
+    prompt_ids = torch.full((len(queries), 1), tokenizer.bos_token_id)
+    return {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
+            "completion_ids": completion_ids, "completion_mask": completion_mask}
+
+
+def region_discrimination(posterior, pool_batches: dict) -> dict:
+    """
+    How the newest region acts on the posterior before it: on the pool's samples that every earlier region accepts,
+    the AUC of its log-ratio between failures and successes, and the share of each it rejects.
+    """
+    region = posterior.regions[-1]
+    scores, survivors = {}, {}
+    for kind, batch in pool_batches.items():
+        ratios = posterior.log_ratios(**batch, regions=posterior.regions)
+        thresholds = posterior.thresholds.to(ratios.device)
+        survivors[kind] = ~(ratios[:, :-1] > thresholds[:-1]).any(dim=1)
+        scores[kind] = ratios[survivors[kind], -1]
+    return {
+        "pool_successes_left": int(survivors["successes"].sum()),
+        "pool_failures_left": int(survivors["failures"].sum()),
+        "auc": auc(scores["failures"], scores["successes"]),
+        "rejects_successes": (scores["successes"] > region.threshold).float().mean().item(),
+        "rejects_failures": (scores["failures"] > region.threshold).float().mean().item(),
+    }

@@ -1,0 +1,140 @@
+"""
+Summarise `run.py` results: a markdown table per (variant, tag) and a plot of success rate against NREs spent.
+
+    python examples/addition_attack/report.py results/addition_attack.jsonl --plot docs/results/addition_attack.png
+"""
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+
+from banel_trl.tasks.addition_attack import has_leading_zero, parse_query
+
+
+def load(path: str) -> list[dict]:
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def carry_chain(query: str) -> int:
+    """Length of the longest run of consecutive carries when adding the query's operands."""
+    a, b = (int(operand) for operand in parse_query(query))
+    longest = run = carry = 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        run = run + 1 if carry else 0
+        longest = max(longest, run)
+        a, b = a // 10, b // 10
+    return longest
+
+
+def failure_modes(queries: list[str]) -> dict:
+    valid = [q for q in queries if parse_query(q)]
+    if not valid:
+        return {"leading_zero": float("nan"), "carry_chain_2plus": float("nan")}
+    return {
+        "leading_zero": statistics.mean(any(map(has_leading_zero, parse_query(q))) for q in valid),
+        "carry_chain_2plus": statistics.mean(carry_chain(q) >= 2 for q in valid),
+    }
+
+
+def table(results: list[dict]) -> str:
+    groups = defaultdict(list)
+    for result in results:
+        groups[(result["variant"], result["tag"], result["method"])].append(result)
+    lines = []
+    for variant, tag in sorted({key[:2] for key in groups}):
+        base = [r["success_rate"] for r in groups.get((variant, tag, "pretrained"), [])] or [
+            r["success_rate"] for r in groups.get((variant, "", "pretrained"), [])]
+        base_mean = statistics.mean(base) if base else float("nan")
+        lines += [f"\n{variant}{' / ' + tag if tag else ''} (pretrained mean {base_mean:.3g})\n",
+                  "| method | seeds | mean | median | std | improvement (mean / pretrained mean) | min seed improvement "
+                  "| distinct successful queries (per seed) | NREs | eval samples | successes with leading zero "
+                  "| with carry chain >= 2 | minutes/seed |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (v, t, method), runs in sorted(groups.items(), key=lambda item: item[0]):
+            if (v, t) != (variant, tag):
+                continue
+            rates = [r["success_rate"] for r in runs]
+            modes = failure_modes([q for r in runs for q in r.get("queries", [])])
+            lines.append(
+                f"| {method} | {len(runs)} | {statistics.mean(rates):.3g} | {statistics.median(rates):.3g} | "
+                f"{statistics.pstdev(rates):.3g} | {statistics.mean(rates) / base_mean:.1f}x | "
+                f"{min(rates) / base_mean:.1f}x | {statistics.mean(len(set(r.get('queries', []))) for r in runs):.0f} | "
+                f"{statistics.mean(r['nre'] for r in runs):.0f} | "
+                f"{statistics.mean(r['samples'] for r in runs):.0f} | {modes['leading_zero']:.2f} | "
+                f"{modes['carry_chain_2plus']:.2f} | {statistics.mean(r['seconds'] for r in runs) / 60:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def discrimination_table(results: list[dict]) -> str:
+    """BaNEL's regions, round by round, on the reference pool: mean over seeds of AUC and rejection shares."""
+    rounds = defaultdict(list)
+    for result in results:
+        for row in result.get("rounds", []):
+            rounds[(result["variant"], result["tag"], row["round"])].append(row)
+    lines = ["| variant / tag | round | seeds | AUC | successes rejected | failures rejected | posterior acceptance "
+             "| success rate of the round's paid samples |", "|---|---|---|---|---|---|---|---|"]
+    for (variant, tag, k), rows in sorted(rounds.items()):
+        mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if isinstance(rows[0][key], float)}
+        lines.append(f"| {variant}{' / ' + tag if tag else ''} | {k} | {len(rows)} | {mean['auc']:.3f} | "
+                     f"{mean['rejects_successes']:.3f} | {mean['rejects_failures']:.3f} | "
+                     f"{mean['acceptance_rate']:.2e} | {mean['round_success_rate']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: str = "") -> None:
+    """Mean success rate of each method's training-time samples against NREs spent (final evaluation dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    methods = defaultdict(list)
+    for result in results:
+        if result["variant"] == variant and result["tag"] == tag:
+            methods[result["method"]].append(result)
+    for index, (method, runs) in enumerate(sorted(methods.items())):
+        color = f"C{index}"
+        final = statistics.mean(r["success_rate"] for r in runs)
+        curves = [r["curve"] for r in runs if r["curve"]]
+        if curves:
+            # Average the seeds' curves on NRE bins of the curve's own resolution (GRPO: 750-NRE windows).
+            bins = defaultdict(list)
+            for curve in curves:
+                for nre, rate in curve:
+                    bins[-(-nre // 750) * 750].append(rate)
+            xs = sorted(bins)
+            axis.plot(xs, [max(statistics.mean(bins[x]), 1e-6) for x in xs], color=color, marker="o", ms=3,
+                      label=f"{method} (samples while training)")
+        axis.axhline(max(final, 1e-6), color=color, ls="--", lw=1, label=f"{method} final ({final:.2g})")
+    axis.set_yscale("log")
+    axis.set_xlabel("reward evaluations (NREs)")
+    axis.set_ylabel("success rate")
+    axis.set_title(f"Addition attack ({variant.replace('_', ' ')}), mean over seeds")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("results")
+    parser.add_argument("--plot", help="PNG path for the success-rate-vs-NREs plot")
+    parser.add_argument("--variant", default="leading_zeros")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    results = load(args.results)
+    print(table(results))
+    print("\nBaNEL regions per round (reference pool: pretrained samples the earlier regions accept)\n")
+    print(discrimination_table(results))
+    if args.plot:
+        plot(results, args.plot, args.variant, args.tag)
+        print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The addition-attack experiment's quick mode runs end to end: every method produces a success rate, the report a
+table and a plot. It checks the pipeline, not the size of the numbers (see docs/results/addition_attack.md)."""
+
+import json
+import os
+import subprocess
+import sys
+
+EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "addition_attack")
+METHODS = ["pretrained", "banel", "grpo", "rnd", "pseudo_count", "temperature", "rule_based"]
+
+
+def test_quick_mode_runs_every_method(tmp_path):
+    results = tmp_path / "results.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Quick mode, shrunk further so the test stays short.
+    subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENT, "run.py"), "--quick", "--results", str(results),
+         "--budget", "128", "--eval_samples", "256", "--eval_max_proposals", "2048", "--pool_samples", "2000",
+         "--cache_dir", str(tmp_path / "cache"),
+         "--banel", "samples_per_round=64", "generation_batch_size=256", "scoring_batch_size=256"],
+        check=True, env=env, timeout=600,
+    )
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(row["method"] for row in rows) == sorted(METHODS)
+    for row in rows:
+        assert 0.0 <= row["success_rate"] <= 1.0 and row["samples"] > 0
+        assert row["nre"] <= 128
+    banel = next(row for row in rows if row["method"] == "banel")
+    assert [r["round"] for r in banel["rounds"]] == [0, 1]
+    assert all(0.0 <= r["rejects_failures"] <= 1.0 for r in banel["rounds"])
+
+    plot = tmp_path / "plot.png"
+    report = subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENT, "report.py"), str(results), "--plot", str(plot)],
+        check=True, env=env, capture_output=True, text=True,
+    )
+    assert "| banel | 1 |" in report.stdout and plot.stat().st_size > 0
