@@ -31,9 +31,12 @@ class BanelConfig(TrainingArguments):
         max_reward_evaluations (`int`, *optional*, defaults to `7500`):
             Hard cap on the number of reward evaluations (NREs) of the whole run. No code path exceeds it; rejected and
             already-evaluated candidates cost nothing.
-        samples_per_round (`int`, *optional*, defaults to `500`):
+        samples_per_round (`int`, *optional*, defaults to `750`):
             NREs spent per round (the paper's `m`): each round evaluates this many accepted, never-seen candidates
-            before fitting its negative model.
+            before fitting its negative model. The number of rounds sets the sampling cost: with calibrated thresholds
+            the posterior accepts about `(1 - target_rejection_rate) ** k` of the proposals after `k` rounds (10
+            rounds at 0.5: 1e-3, ~1000 generations per evaluation), and a round ends early once acceptance falls below
+            `1 / max_sampling_attempts`.
         num_rounds (`int`, *optional*):
             Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`.
         success_threshold (`float`, *optional*, defaults to `1.0`):
@@ -89,8 +92,8 @@ class BanelConfig(TrainingArguments):
         length_normalize (`bool`, *optional*, defaults to `False`):
             Compare per-token (length-normalised) log-likelihoods instead of sequence log-likelihoods.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
-            Rows per forward pass when scoring candidates under `p_theta` and every region (all regions share one
-            forward through PEFT's mixed-adapter batches).
+            Rows per forward pass when scoring candidates under `p_theta` and the regions (a candidate takes one row
+            per model it is scored under; one a region rejects is not scored under the later ones).
 
         > Logging
 
@@ -116,7 +119,7 @@ class BanelConfig(TrainingArguments):
         metadata={"help": "Epochs of the negative model's fit per round: more compute, same NREs."},
     )
     per_device_train_batch_size: int = field(
-        default=16,
+        default=64,
         metadata={"help": "Batch size per device of the negative model's fit."},
     )
     logging_steps: float = field(
@@ -141,7 +144,7 @@ class BanelConfig(TrainingArguments):
         metadata={"help": "Hard cap on reward evaluations (NREs) over the whole run."},
     )
     samples_per_round: int = field(
-        default=500,
+        default=750,
         metadata={"help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit)."},
     )
     num_rounds: int | None = field(

@@ -28,14 +28,19 @@ class RewardLedger:
     Append-only JSON-lines file of every reward evaluation of a run, one line per evaluation.
 
     A record is written, flushed and fsync'ed *before* the evaluation counts anywhere else, so a crash never loses a
-    paid evaluation; re-opening the file restores them all. A torn last line (a crash mid-write) is detected and cut
-    off with a warning. The file is locked while open, so two runs cannot write to the same ledger.
+    paid evaluation whose result was written; re-opening the file restores them all. A torn last line (a crash
+    mid-write) is detected and cut off with a warning. The file is locked while open, so two runs cannot write to the
+    same ledger: the second is refused.
 
-    Two kinds of line. A paid evaluation has the keys `index` (0, 1, ... over paid evaluations), `round`, `prompt`,
+    Three kinds of line. A paid evaluation has the keys `index` (0, 1, ... over paid evaluations), `round`, `prompt`,
     `completion`, `completion_ids`, `rewards` (one per reward function, `null` for None/NaN), `reward` (the weighted
     sum, `null` when no function gave one) and `success`. A free repeat, `{"round": k, "repeat_of": index}`, records
     that round `k` sampled again a candidate already paid for: it is part of that round's sample of the posterior but
-    costs nothing.
+    costs nothing. `{"round": k, "end": {...}}` records that round `k` finished sampling, with its figures
+    (evaluations, proposals, acceptances, repeats): a resumed run does not sample that round again.
+
+    In a multi-process run only the main process opens the file; the other processes hold a [`~RewardLedger.replica`]
+    that the main process keeps up to date with [`~RewardLedger.extend`].
     """
 
     def __init__(self, output_dir: str):
@@ -49,10 +54,24 @@ class RewardLedger:
             raise RuntimeError(
                 f"Another BaNEL run is writing to {self.path}. Use a different `output_dir`, or wait for it to finish."
             ) from None
-        lines = self._load()
-        self.records: list[dict] = [line for line in lines if "repeat_of" not in line]
-        self.repeats: list[dict] = [line for line in lines if "repeat_of" in line]
-        self._by_key = {sample_key(r["prompt"], r["completion"]): r for r in self.records}
+        self._reset()
+        self.extend(self._load())
+
+    @classmethod
+    def replica(cls, lines: list[dict]) -> "RewardLedger":
+        """An in-memory, read-only copy of a ledger's `lines` (non-main processes of a multi-process run)."""
+        ledger = cls.__new__(cls)
+        ledger.path, ledger._file = None, None
+        ledger._reset()
+        ledger.extend(lines)
+        return ledger
+
+    def _reset(self) -> None:
+        self.lines: list[dict] = []  # every line, in file order
+        self.records: list[dict] = []  # the paid evaluations; `records[i]["index"] == i`
+        self.repeats: list[dict] = []
+        self.round_ends: dict[int, dict] = {}
+        self._by_key: dict[str, dict] = {}
 
     def _load(self) -> list[dict]:
         self._file.seek(0)
@@ -69,11 +88,18 @@ class RewardLedger:
         if torn:
             logger.warning(f"Dropping a torn last line of {self.path} ({len(torn)} bytes): it was never complete.")
             self._file.truncate(len(data) - len(torn))
+            self._file.flush()
+            os.fsync(self._file.fileno())
         return records
 
     def __len__(self) -> int:
         """The number of paid evaluations."""
         return len(self.records)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file is closed (its lock released); a replica is always closed."""
+        return self._file is None or self._file.closed
 
     def lookup(self, prompt: Any, completion: Any) -> dict | None:
         return self._by_key.get(sample_key(prompt, completion))
@@ -83,6 +109,10 @@ class RewardLedger:
         paid = [r for r in self.records if r["round"] == round_index]
         return paid + [self.records[line["repeat_of"]] for line in self.repeats if line["round"] == round_index]
 
+    def lines_of_round(self, round_index: int) -> list[dict]:
+        """Round `round_index`'s paid evaluations and free repeats, in the order they were written."""
+        return [line for line in self.lines if line["round"] == round_index and "end" not in line]
+
     def append(self, records: list[dict]) -> None:
         """Write paid evaluations durably, then index them."""
         for offset, record in enumerate(records):
@@ -90,23 +120,44 @@ class RewardLedger:
             record["reward"] = _json_safe(record["reward"])
             record["rewards"] = [_json_safe(r) for r in record["rewards"]]
         self._write(records)
-        for record in records:
-            self.records.append(record)
-            self._by_key[sample_key(record["prompt"], record["completion"])] = record
+        self.extend(records)
 
     def append_repeats(self, round_index: int, indices: list[int]) -> None:
         """Record that round `round_index` sampled the paid evaluations `indices` again (free)."""
         lines = [{"round": round_index, "repeat_of": index} for index in indices]
         self._write(lines)
-        self.repeats.extend(lines)
+        self.extend(lines)
+
+    def end_round(self, round_index: int, stats: dict) -> None:
+        """Record that round `round_index` finished sampling, with its figures."""
+        line = {"round": round_index, "end": stats}
+        self._write([line])
+        self.extend([line])
+
+    def extend(self, lines: list[dict]) -> None:
+        """Index lines already written (read back from the file, or received from the main process)."""
+        for line in lines:
+            self.lines.append(line)
+            if "repeat_of" in line:
+                self.repeats.append(line)
+            elif "end" in line:
+                self.round_ends[line["round"]] = line["end"]
+            else:
+                if line["index"] != len(self.records):
+                    raise ValueError(f"Ledger record {line['index']} is out of order (expected {len(self.records)}).")
+                self.records.append(line)
+                self._by_key[sample_key(line["prompt"], line["completion"])] = line
 
     def _write(self, lines: list[dict]) -> None:
         if not lines:
             return
+        if self.closed:
+            raise RuntimeError("The ledger is closed (or a read-only replica): it cannot record evaluations.")
         self._file.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if not self._file.closed:
+        """Close the file and release its lock; the records stay readable."""
+        if not self.closed:
             self._file.close()

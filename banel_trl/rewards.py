@@ -57,29 +57,66 @@ def load_reward_funcs(
     return reward_funcs, reward_processing_classes
 
 
-def _as_reward(value: Any, name: str, index: int) -> float | None:
+class RewardFunctionError(RuntimeError):
+    """
+    A reward function raised, or broke TRL's contract, on a batch. `rows` maps the index of every sample whose
+    results are all usable to its row of rewards: the trainer records those (they were paid for) before raising.
+    """
+
+    def __init__(self, message: str, rows: dict[int, list[float | None]] | None = None):
+        super().__init__(message)
+        self.rows = rows or {}
+
+
+def _describe(prompts: list, completions: list, index: int) -> str:
+    return f"sample {index} (prompt={prompts[index]!r}, completion={completions[index]!r})"
+
+
+def _as_reward(value: Any) -> float | None:
+    """A reward as a float, None for no reward (None or NaN); raises TypeError/ValueError for anything else."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Reward function {name!r} returned {value!r} ({type(value).__name__}) for sample {index}; expected a "
-            "float or None."
-        )
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"{value!r} ({type(value).__name__}); expected a float or None")
     value = float(value)
+    if math.isinf(value):
+        raise ValueError(f"{value} (not finite); expected a finite float, or None or NaN for no reward")
     return None if math.isnan(value) else value
 
 
-def _check_outputs(outputs: Any, name: str, num_samples: int) -> list[float | None]:
-    if outputs is None or isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__len__"):
-        raise TypeError(f"Reward function {name!r} returned {type(outputs).__name__}; expected a list of floats.")
-    if len(outputs) != num_samples:
-        raise ValueError(
-            f"Reward function {name!r} returned {len(outputs)} rewards, but {num_samples} were expected (one per "
-            "prompt-completion pair)."
+def _check_outputs(outputs: Any, name: str, prompts: list, completions: list) -> tuple[list, dict[int, str]]:
+    """The function's rewards (None where unusable) and, per unusable sample, why; raises if the output is no list."""
+    num_samples = len(prompts)
+    if outputs is None or isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__"):
+        raise RewardFunctionError(
+            f"Reward function {name!r} returned {type(outputs).__name__} for a batch of {num_samples} samples "
+            f"(first: {_describe(prompts, completions, 0)}); expected a list of floats. Nothing of this batch was "
+            "recorded; fix the function and call `train()` again to resume."
         )
-    return [_as_reward(value, name, i) for i, value in enumerate(outputs)]
+    if len(outputs) != num_samples:
+        raise RewardFunctionError(
+            f"Reward function {name!r} returned {len(outputs)} rewards for a batch of {num_samples} samples (first: "
+            f"{_describe(prompts, completions, 0)}); expected one per prompt-completion pair. Nothing of this batch "
+            "was recorded; fix the function and call `train()` again to resume."
+        )
+    rewards, problems = [], {}
+    for index, value in enumerate(outputs):
+        try:
+            rewards.append(_as_reward(value))
+        except (TypeError, ValueError) as error:
+            rewards.append(None)
+            problems[index] = str(error)
+    return rewards, problems
+
+
+def _raised(name: str, error: BaseException, prompts: list, completions: list) -> RewardFunctionError:
+    return RewardFunctionError(
+        f"Reward function {name!r} raised {type(error).__name__}: {error} on a batch of {len(prompts)} samples "
+        f"(first: {_describe(prompts, completions, 0)}). Nothing of this batch was recorded; fix the function and "
+        "call `train()` again to resume."
+    )
 
 
 @torch.inference_mode()
@@ -105,12 +142,23 @@ def call_reward_funcs(
     Call every reward function once on the batch, with TRL's signature
     `f(prompts=..., completions=..., completion_ids=..., **dataset_columns)`, and return one row of rewards per
     sample (None where a function returned None or NaN). Async functions run concurrently.
+
+    Raises [`RewardFunctionError`] naming the function and the sample when a function raises, returns something
+    other than one reward per sample, or returns a value that is not a finite float, None or NaN (a string, inf...).
+    When only some values are unusable, the error's `rows` holds the rewards of the samples whose values all are.
     """
     num_samples = len(prompts)
     columns: list[list[float | None] | None] = [None] * len(reward_funcs)
+    problems: dict[int, list[str]] = {}
+    names = [reward_func_name(reward_func) for reward_func in reward_funcs]
+
+    def check(i: int, outputs: Any) -> None:
+        columns[i], function_problems = _check_outputs(outputs, names[i], prompts, completions)
+        for index, problem in function_problems.items():
+            problems.setdefault(index, []).append(f"reward function {names[i]!r} returned {problem}")
+
     pending_async = {}
     for i, (reward_func, tokenizer) in enumerate(zip(reward_funcs, reward_processing_classes)):
-        name = reward_func_name(reward_func)
         try:
             if isinstance(reward_func, nn.Module):
                 outputs = _reward_model_scores(reward_func, tokenizer, prompts, completions)
@@ -125,22 +173,37 @@ def call_reward_funcs(
                 outputs = reward_func(
                     prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs
                 )
-        except Exception as error:
+            check(i, outputs)
+        except BaseException as error:
             for coroutine in pending_async.values():
-                coroutine.close()
-            raise RuntimeError(
-                f"Reward function {name!r} raised {type(error).__name__} on a batch of {num_samples} samples "
-                f"(first: prompt={prompts[0]!r}, completion={completions[0]!r}). Nothing of this batch was recorded; "
-                "fix the function and call `train()` again to resume."
-            ) from error
-        columns[i] = _check_outputs(outputs, name, num_samples)
+                coroutine.close()  # never started: nothing paid
+            if isinstance(error, RewardFunctionError) or not isinstance(error, Exception):
+                raise
+            raise _raised(names[i], error, prompts, completions) from error
     if pending_async:
         async def gather():
-            return await asyncio.gather(*pending_async.values())
+            # Every started call runs to completion (it is being paid for) before an error is raised.
+            return await asyncio.gather(*pending_async.values(), return_exceptions=True)
 
-        for i, outputs in zip(pending_async, asyncio.run(gather())):
-            columns[i] = _check_outputs(outputs, reward_func_name(reward_funcs[i]), num_samples)
-    return [list(row) for row in zip(*columns)]
+        results = dict(zip(pending_async, asyncio.run(gather())))
+        for i, outputs in results.items():
+            if isinstance(outputs, BaseException):
+                if not isinstance(outputs, Exception):
+                    raise outputs
+                raise _raised(names[i], outputs, prompts, completions) from outputs
+        for i, outputs in results.items():
+            check(i, outputs)
+    rows = [list(row) for row in zip(*columns)]
+    if problems:
+        first = min(problems)
+        raise RewardFunctionError(
+            f"Unusable rewards for {len(problems)} of {num_samples} samples; "
+            f"{_describe(prompts, completions, first)}: {'; '.join(problems[first])}. Rewards must be finite floats, "
+            f"or None or NaN for no reward. The {num_samples - len(problems)} other samples of the batch were "
+            "recorded; fix the function and call `train()` again to resume.",
+            rows={index: row for index, row in enumerate(rows) if index not in problems},
+        )
+    return rows
 
 
 def weighted_reward(rewards: list[float | None], weights: list[float]) -> float | None:

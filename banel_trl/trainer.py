@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Iterator
 
 import torch
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, IterableDataset
 from peft import (
     LoraConfig,
@@ -28,6 +29,7 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 from trl.data_utils import is_conversational
 
@@ -43,7 +45,7 @@ from .posterior import (
     completion_log_probs,
     read_regions,
 )
-from .rewards import RewardFunc, call_reward_funcs, load_reward_funcs, weighted_reward
+from .rewards import RewardFunc, RewardFunctionError, call_reward_funcs, load_reward_funcs, weighted_reward
 
 
 logger = logging.getLogger(__name__)
@@ -216,7 +218,10 @@ class BanelTrainer(Trainer):
         self.ledger: RewardLedger | None = None
         self._conversational = is_conversational(train_dataset[0])
         self._prompt_ids_cache: dict[str, list[int]] = {}
-        self._prompts = self._prompt_stream(train_dataset, args.seed)
+        self._check_prompt_lengths(train_dataset, "train_dataset")
+        if eval_dataset is not None:
+            self._check_prompt_lengths(eval_dataset, "eval_dataset")
+        self._prompts: Iterator[dict] | None = None  # each round restarts it from its seed: see `_seed_round`
         self._negatives: list[dict] = []
         self._round = 0
         self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
@@ -233,6 +238,23 @@ class BanelTrainer(Trainer):
             raise ValueError(f"`{name}` is empty.")
         if "prompt" not in dataset.column_names:
             raise ValueError(f"`{name}` must have a 'prompt' column; its columns are {dataset.column_names}.")
+
+    def _check_prompt_lengths(self, dataset: Dataset, name: str) -> None:
+        """Tokenise every prompt once (the ids are cached) and refuse prompts that leave no room for a completion."""
+        prompts = {repr(prompt): prompt for prompt in dataset["prompt"]}
+        missing = [prompt for key, prompt in prompts.items() if key not in self._prompt_ids_cache]
+        for start in range(0, len(missing), 1024):
+            chunk = missing[start : start + 1024]
+            ids = tokenize_prompts(chunk, self.processing_class, self.args.chat_template_kwargs)
+            self._prompt_ids_cache.update((repr(prompt), prompt_ids) for prompt, prompt_ids in zip(chunk, ids))
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        longest = max(len(self._prompt_ids_cache[key]) for key in prompts)
+        if context is not None and longest + self.args.max_completion_length > context:
+            raise ValueError(
+                f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
+                f"{self.args.max_completion_length}, that exceeds the model's context of {context} tokens. Shorten "
+                "or filter the prompts, or lower `max_completion_length`."
+            )
 
     @staticmethod
     def _load_proposal(model, args: BanelConfig) -> PreTrainedModel:
@@ -290,18 +312,58 @@ class BanelTrainer(Trainer):
         return [] if self.ledger is None else [r for r in self.ledger.records if r["success"]]
 
     def _open_ledger(self) -> None:
-        if self.ledger is None:
+        """
+        Open the ledger and reload the regions of finished rounds from `output_dir`. Only the main process reads
+        (and locks) the files; it sends the ledger's lines and the regions' weights to the other processes.
+        """
+
+        def read_output_dir():
+            if self.ledger is not None:
+                self.ledger.close()
             self.ledger = RewardLedger(self.args.output_dir)
-            if len(self.ledger):
-                logger.info(f"Resuming from {self.ledger.path}: {len(self.ledger)} evaluations already paid.")
-        if not self.posterior.regions and os.path.exists(os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME)):
-            regions = read_regions(self.args.output_dir)
-            for region in regions:
-                self._ensure_adapter(region.adapter_name)
-                weights = load_peft_weights(os.path.join(self.args.output_dir, region.adapter_name))
-                set_peft_model_state_dict(self.model, weights, adapter_name=region.adapter_name)
-                self.posterior.add_region(region)
+            regions, weights = [], []
+            if not self.posterior.regions and os.path.exists(
+                os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME)
+            ):
+                regions = read_regions(self.args.output_dir)
+                weights = [
+                    load_peft_weights(os.path.join(self.args.output_dir, region.adapter_name), device="cpu")
+                    for region in regions
+                ]
+            return self.ledger.lines, regions, weights
+
+        lines, regions, weights = self._on_main_process(read_output_dir)
+        if not self.accelerator.is_main_process:
+            self.ledger = RewardLedger.replica(lines)
+        if len(self.ledger):
+            logger.info(f"Resuming from a ledger of {len(self.ledger)} paid evaluations in {self.args.output_dir}.")
+        for region, region_weights in zip(regions, weights):
+            self._ensure_adapter(region.adapter_name)
+            set_peft_model_state_dict(self.model, region_weights, adapter_name=region.adapter_name)
+            self.posterior.add_region(region)
+        if regions:
             logger.info(f"Resuming with the {len(regions)} regions saved in {self.args.output_dir}.")
+
+    def _on_main_process(self, function, *args):
+        """
+        Run `function` on the main process only and return its result on every process (the way reward calls and
+        ledger writes happen once per run). An error on the main process is raised on every process, so that none
+        waits for a result that will not come.
+        """
+        if self.accelerator.num_processes == 1:
+            return function(*args)
+        payload = [None]
+        if self.accelerator.is_main_process:
+            try:
+                payload = [(True, function(*args))]
+            except BaseException as error:
+                broadcast_object_list([(False, f"{type(error).__name__}: {error}")], from_process=0)
+                raise
+        broadcast_object_list(payload, from_process=0)
+        succeeded, result = payload[0]
+        if not succeeded:
+            raise RuntimeError(f"The main process failed: {result}")
+        return result
 
     def _ensure_adapter(self, name: str) -> None:
         if name not in self.model.peft_config:
@@ -312,41 +374,86 @@ class BanelTrainer(Trainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """
         Run BaNEL. A run always resumes from `output_dir` when it holds a ledger: paid evaluations are reused, never
-        paid again, and the regions of finished rounds are reloaded. `resume_from_checkpoint` is accepted for
-        compatibility with Trainer scripts and has no other effect.
+        paid again, the regions of finished rounds are reloaded, and an interrupted round samples again from its seed.
+        `resume_from_checkpoint` is accepted for compatibility with Trainer scripts and has no other effect.
+
+        With several processes (`accelerate launch`), the main process samples, pays for the rewards and writes the
+        ledger; every process receives the results, and the negative models are fit data-parallel.
         """
         self._open_ledger()
         args = self.args
         fit_losses = []
-        for k in range(len(self.posterior.regions), args.num_rounds):
-            if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
-                break  # the budget is spent and every round that sampled has its region
-            self._round = k
-            stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
-            negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
-            if len(negatives) < 2:
-                logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
-                break
-            region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
-            self.posterior.add_region(region)
-            fit_losses.append(fit_loss)
-            self._save_round()
-            self._log_round(k, stats, region, fit_loss, len(negatives))
+        try:
+            for k in range(len(self.posterior.regions), args.num_rounds):
+                if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
+                    break  # the budget is spent and every round that sampled has its region
+                self._round = k
+                stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
+                negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
+                if len(negatives) < 2:
+                    logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
+                    break
+                region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
+                self.posterior.add_region(region)
+                fit_losses.append(fit_loss)
+                self._save_round()
+                self._log_round(k, stats, region, fit_loss, len(negatives))
+                if stats["evaluated"] < stats["budget"]:
+                    logger.warning(
+                        f"Ending the run after round {k}, which could not spend its budget: a further region would "
+                        f"only lower the acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). "
+                        f"{self.num_reward_evaluations} of {args.max_reward_evaluations} evaluations are spent; to "
+                        "go on, call `train()` again with a higher `max_sampling_attempts`."
+                    )
+                    break
+        finally:
+            self.ledger.close()  # releases the lock; the records stay readable
         mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
         metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
         return TrainOutput(self._fit_steps_before_round, mean_loss, metrics)
 
+    def _seed_round(self, k: int) -> None:
+        """
+        Seed round `k` (its sampling, and again its fit) from `args.seed` and `k` alone, so that a resumed run draws
+        what the uninterrupted run would have.
+        """
+        set_seed(self.args.seed + k, deterministic=self.args.full_determinism)
+        self._prompts = self._prompt_stream(self.train_dataset, self.args.seed + k)
+
     def _collect_round(self, k: int) -> dict:
+        """Steps 1-2 of round `k` on the main process; the other processes receive the lines it added to the ledger."""
+
+        def collect():
+            num_lines = len(self.ledger.lines)
+            stats = self._sample_and_pay(k)
+            return stats, self.ledger.lines[num_lines:]
+
+        stats, lines = self._on_main_process(collect)
+        if not self.accelerator.is_main_process:
+            self.ledger.extend(lines)
+        return stats
+
+    def _sample_and_pay(self, k: int) -> dict:
         """
         Sample the posterior until round `k`'s share of the budget is paid: accepted never-seen candidates are
         evaluated (one NRE each), accepted candidates already paid for are recorded as free repeats, rejected ones
         cost nothing. Proposals are capped at `max_sampling_attempts` per evaluation of the round.
+
+        Sampling starts from the round's seed, so a round interrupted by a crash draws the same candidates again when
+        the run resumes: the evaluations and repeats it had recorded are met again, in order, and reused instead of
+        being paid or recorded twice. A round whose end is in the ledger is not sampled again.
         """
-        args = self.args
-        paid_this_round = sum(1 for r in self.ledger.records if r["round"] == k)
-        budget = min(args.samples_per_round - paid_this_round, args.max_reward_evaluations - len(self.ledger))
-        stats = {"proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
+        args, ledger = self.args, self.ledger
+        if k in ledger.round_ends:
+            return ledger.round_ends[k]
+        paid_before = sum(1 for r in ledger.records if r["round"] < k)
+        budget = min(args.samples_per_round, args.max_reward_evaluations - paid_before)
+        recorded = ledger.lines_of_round(k)  # written before an interruption: replayed, not paid again
+        to_replay = {line["index"] for line in recorded if "repeat_of" not in line}
+        repeats_to_replay = sum("repeat_of" in line for line in recorded)
+        stats = {"budget": budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
         max_proposed = args.max_sampling_attempts * max(budget, 1)
+        self._seed_round(k)
         while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
             examples, proposal = self._propose_batch()
             stats["proposed"] += len(examples)
@@ -355,27 +462,47 @@ class BanelTrainer(Trainer):
             for j in proposal.accepted.nonzero().flatten().tolist():
                 completion_ids = proposal.completion_ids[j, : int(proposal.completion_mask[j].sum())].tolist()
                 completion = self.processing_class.decode(completion_ids, skip_special_tokens=True)
-                accepted.append((examples[j], completion_ids, completion))
-            fresh, paid_here = [], set()
-            for example, completion_ids, completion in accepted:
+                accepted.append((examples[j], completion_ids, completion, ledger.lookup(examples[j]["prompt"],
+                                                                                        completion)))
+            fresh, to_pay, unseen = set(), [], False
+            for example, completion_ids, completion, record in accepted:
                 key = sample_key(example["prompt"], completion)
-                if key not in paid_here and self.ledger.lookup(example["prompt"], completion) is None:
-                    if len(fresh) < budget - stats["evaluated"]:  # the hard cap: never beyond the round's share
-                        paid_here.add(key)
-                        fresh.append((example, completion_ids))
-            if fresh:
-                self._evaluate_and_record(fresh, k)
-                stats["evaluated"] += len(fresh)
+                if key in fresh or (record is not None and record["index"] not in to_replay):
+                    continue  # paid already: a free repeat
+                if record is not None:  # recorded before the interruption: met again, not paid again
+                    fresh.add(key)
+                    to_replay.discard(record["index"])
+                    continue
+                unseen = True
+                # The hard cap: never beyond the round's share, counting what it recorded and has yet to meet again.
+                if stats["evaluated"] + len(fresh) + len(to_replay) < budget:
+                    fresh.add(key)
+                    to_pay.append((example, completion_ids))
+            if unseen and to_replay:
+                logger.warning(
+                    f"Round {k} resumed, but its sampling did not draw again the {len(to_replay)} evaluations it had "
+                    "paid for before the interruption (non-deterministic sampling, or a changed configuration?). They "
+                    "stay part of the round, which goes on with new candidates."
+                )
+                stats["evaluated"] += len(to_replay)
+                to_replay.clear()
+            if to_pay:
+                self._evaluate_and_record(to_pay, k)
+            stats["evaluated"] += len(fresh)
             # Every other accepted candidate whose reward is known now is a free repeat.
             repeats = []
-            for example, _, completion in accepted:
+            for example, _, completion, _ in accepted:
                 key = sample_key(example["prompt"], completion)
-                if key in paid_here:
-                    paid_here.remove(key)  # its first occurrence is the paid evaluation itself
-                elif (record := self.ledger.lookup(example["prompt"], completion)) is not None:
+                record = ledger.lookup(example["prompt"], completion)
+                if key in fresh:
+                    fresh.remove(key)  # its first occurrence is the evaluation itself
+                elif record is not None and record["index"] not in to_replay:
                     repeats.append(record["index"])
-            self.ledger.append_repeats(k, repeats)
+            replayed = min(len(repeats), repeats_to_replay)
+            repeats_to_replay -= replayed
+            ledger.append_repeats(k, repeats[replayed:])
             stats["repeats"] += len(repeats)
+        stats["evaluated"] += len(to_replay)  # recorded before the interruption and not met again: still this round's
         if stats["evaluated"] < budget:
             logger.warning(
                 f"Round {k}: the posterior accepted {stats['accepted']} of {stats['proposed']} candidates "
@@ -384,6 +511,7 @@ class BanelTrainer(Trainer):
                 f"{args.max_sampling_attempts} proposals per evaluation. Ending the round early. If acceptance is "
                 "low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
             )
+        ledger.end_round(k, stats)
         return stats
 
     def _propose_batch(self) -> tuple[list[dict], Proposal]:
@@ -401,39 +529,50 @@ class BanelTrainer(Trainer):
         """Call the reward functions once on the batch and write every result to the ledger before it counts."""
         examples = [example for example, _ in candidates]
         completion_ids = [ids for _, ids in candidates]
-        prompts = [example["prompt"] for example in examples]
-        rows = self._call_rewards(examples, completion_ids)
-        records = []
-        for prompt, ids, rewards in zip(prompts, completion_ids, rows):
-            reward = weighted_reward(rewards, self.reward_weights)
-            records.append({
-                "round": k,
-                "prompt": prompt,
-                "completion": self.processing_class.decode(ids, skip_special_tokens=True),
-                "completion_ids": ids,
-                "rewards": rewards,
-                "reward": reward,
-                "success": reward is not None and reward >= self.args.success_threshold,
-            })
-        self.ledger.append(records)
+        try:
+            rows = dict(enumerate(self._call_rewards(examples, completion_ids)))
+        except RewardFunctionError as error:
+            # The samples whose rewards are all usable were paid for: record them before stopping the run.
+            self.ledger.append([self._ledger_record(k, *candidates[i], row) for i, row in error.rows.items()])
+            raise
+        self.ledger.append([self._ledger_record(k, *candidates[i], row) for i, row in rows.items()])
+
+    def _ledger_record(self, k: int, example: dict, completion_ids: list[int], rewards: list[float | None]) -> dict:
+        reward = weighted_reward(rewards, self.reward_weights)
+        return {
+            "round": k,
+            "prompt": example["prompt"],
+            "completion": self.processing_class.decode(completion_ids, skip_special_tokens=True),
+            "completion_ids": completion_ids,
+            "rewards": rewards,
+            "reward": reward,
+            "success": reward is not None and reward >= self.args.success_threshold,
+        }
 
     def _call_rewards(self, examples: list[dict], completion_ids: list[list[int]]) -> list[list[float | None]]:
-        """The reward functions on a batch, with TRL's arguments: prompts, completions, ids and the other columns."""
-        return call_reward_funcs(
-            self.reward_funcs,
-            self.reward_processing_classes,
-            [example["prompt"] for example in examples],
-            decode_completions(completion_ids, self.processing_class, self._conversational),
-            completion_ids,
-            trainer_state=self.state,
-            **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
-        )
+        """
+        The reward functions on a batch, with TRL's arguments: prompts, completions, ids and the other columns. They
+        run on a fork of torch's random state: whatever they draw (a reward that samples from the model, say) leaves
+        the run's own draws unchanged, so a resumed run, which does not call them again for recorded batches, still
+        samples what the uninterrupted run did.
+        """
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            return call_reward_funcs(
+                self.reward_funcs,
+                self.reward_processing_classes,
+                [example["prompt"] for example in examples],
+                decode_completions(completion_ids, self.processing_class, self._conversational),
+                completion_ids,
+                trainer_state=self.state,
+                **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
+            )
 
     def _negative_examples(self, k: int) -> list[dict]:
         """The failures the negative model of round `k` is fit on; successes are excluded by construction."""
         rounds = [k] if self.args.negative_samples == "round" else range(k + 1)
         return [
-            {"prompt_ids": self._prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"]}
+            {"prompt_ids": self._prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"], "round": round_index}
             for round_index in rounds
             for r in self.ledger.samples_of_round(round_index)
             if not r["success"]
@@ -443,6 +582,7 @@ class BanelTrainer(Trainer):
         """Fit a new LoRA `p_phi_k` on `negatives` by maximum likelihood with the Trainer, then set its threshold."""
         args = self.args
         name = region_adapter_name(k)
+        self._seed_round(k)  # the adapter's initialisation and the fit do not depend on how the round was sampled
         self._ensure_adapter(name)
         if args.warm_start_negative_model and k > 0:
             previous = get_peft_model_state_dict(self.model, adapter_name=region_adapter_name(k - 1))
@@ -451,9 +591,14 @@ class BanelTrainer(Trainer):
 
         calibration = []
         if args.threshold_type == "calibrated":
-            shuffled = random.Random(args.seed + k).sample(negatives, len(negatives))
-            num_held_out = min(max(1, round(args.calibration_fraction * len(negatives))), len(negatives) - 1)
-            calibration, negatives = shuffled[:num_held_out], shuffled[num_held_out:]
+            # Hold out failures of this round only: they are samples of the posterior the new region will act on, so
+            # the region rejects `target_rejection_rate` of it and the acceptance falls by that factor every round.
+            # (A round whose samples were all successes falls back to every failure.)
+            pool = [i for i, negative in enumerate(negatives) if negative["round"] == k] or range(len(negatives))
+            num_held_out = min(max(1, round(args.calibration_fraction * len(pool))), len(negatives) - 1)
+            held_out = set(random.Random(args.seed + k).sample(pool, num_held_out))
+            calibration = [negative for i, negative in enumerate(negatives) if i in held_out]
+            negatives = [negative for i, negative in enumerate(negatives) if i not in held_out]
 
         self._negatives = negatives
         self.optimizer, self.lr_scheduler = None, None  # new parameters every round: new optimizer
@@ -466,11 +611,15 @@ class BanelTrainer(Trainer):
         if args.threshold_type == "filter_factor":
             threshold = math.log(args.filter_factor)
         else:
-            batch = self.data_collator(calibration)
-            batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
-            scores = self.posterior.log_ratios(**batch, regions=[RejectionRegion(name, 0.0, k)])[:, 0]
-            threshold = torch.quantile(scores.float().cpu(), 1.0 - args.target_rejection_rate).item()
+            threshold = self._on_main_process(self._calibrated_threshold, name, k, calibration)
         return RejectionRegion(name, threshold, k), output.training_loss
+
+    def _calibrated_threshold(self, name: str, k: int, calibration: list[dict]) -> float:
+        """The `1 - target_rejection_rate` quantile of the held-out failures' log-ratios under adapter `name`."""
+        batch = self.data_collator(calibration)
+        batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
+        scores = self.posterior.log_ratios(**batch, regions=[RejectionRegion(name, 0.0, k)])[:, 0]
+        return torch.quantile(scores.float().cpu(), 1.0 - self.args.target_rejection_rate).item()
 
     def _save_round(self) -> None:
         if self.args.should_save:
@@ -528,6 +677,8 @@ class BanelTrainer(Trainer):
             "threshold": region.threshold,
         }
         self.log(metrics)
+        if self.args.should_save:  # the per-round figures `banel-trl report` plots, next to the ledger
+            self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
         if self.args.log_completions:
             for r in this_round[: self.args.num_completions_to_print]:
                 logger.info(f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}")
@@ -539,28 +690,34 @@ class BanelTrainer(Trainer):
         """
         Success rate of the posterior: `num_generations` accepted samples for every prompt of `eval_dataset` (or of
         the trainer's `eval_dataset`). These reward calls measure the result: they are outside the training budget
-        and are not written to the ledger.
+        and are not written to the ledger. With several processes, the main process samples and calls the rewards.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         self._check_dataset(dataset, "eval_dataset")
         args = self.args
         device = self.accelerator.device
-        num_successes = 0
-        for start in range(0, len(dataset), args.generation_batch_size // args.num_generations):
-            rows = dataset.select(range(start, min(start + args.generation_batch_size // args.num_generations,
-                                                   len(dataset))))
-            examples = [example for example in rows for _ in range(args.num_generations)]
-            input_ids, attention_mask = pad_prompts(
-                [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
-            )
-            sequences = self.posterior.generate(input_ids.to(device), attention_mask.to(device),
-                                                generation_config=self.generation_config)
-            completion_ids = [
-                [t for t in row.tolist() if t != self.processing_class.pad_token_id]
-                for row in sequences[:, input_ids.size(1):]
-            ]
-            rewards = [weighted_reward(row, self.reward_weights) for row in self._call_rewards(examples, completion_ids)]
-            num_successes += sum(r is not None and r >= args.success_threshold for r in rewards)
+
+        def count_successes() -> int:
+            num_successes = 0
+            for start in range(0, len(dataset), args.generation_batch_size // args.num_generations):
+                rows = dataset.select(range(start, min(start + args.generation_batch_size // args.num_generations,
+                                                       len(dataset))))
+                examples = [example for example in rows for _ in range(args.num_generations)]
+                input_ids, attention_mask = pad_prompts(
+                    [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
+                )
+                sequences = self.posterior.generate(input_ids.to(device), attention_mask.to(device),
+                                                    generation_config=self.generation_config)
+                completion_ids = [
+                    [t for t in row.tolist() if t != self.processing_class.pad_token_id]
+                    for row in sequences[:, input_ids.size(1):]
+                ]
+                rows = self._call_rewards(examples, completion_ids)
+                rewards = [weighted_reward(row, self.reward_weights) for row in rows]
+                num_successes += sum(r is not None and r >= args.success_threshold for r in rewards)
+            return num_successes
+
+        num_successes = self._on_main_process(count_successes)
         num_samples = len(dataset) * args.num_generations
         metrics = {f"{metric_key_prefix}_success_rate": num_successes / num_samples,
                    f"{metric_key_prefix}_num_samples": num_samples}
@@ -573,3 +730,36 @@ class BanelTrainer(Trainer):
         if self.args.should_save:
             self.posterior.save_pretrained(output_dir)
             self.processing_class.save_pretrained(output_dir)
+
+    def create_model_card(
+        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """
+        Write the model card `README.md` into `output_dir`, in TRL's style: the method and its paper, the reward
+        evaluations used, the successes and the success rate of every round, and the per-round plot
+        (`banel_report.png`). [`~transformers.Trainer.push_to_hub`] calls it before uploading `output_dir`.
+
+        Args:
+            model_name (`str`, *optional*):
+                Name of the model; defaults to the last part of `hub_model_id` or of `output_dir`.
+            dataset_name (`str`, *optional*):
+                Hub id of the prompts' dataset.
+            tags (`str` or `list[str]`, *optional*):
+                More tags for the card.
+        """
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_model_card
+
+        hub_model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(
+            os.path.abspath(self.args.output_dir)
+        )
+        write_model_card(
+            self.args.output_dir,
+            model_name=model_name or hub_model_id.split("/")[-1],
+            hub_model_id=hub_model_id,
+            dataset_name=dataset_name,
+            tags=[tags] if isinstance(tags, str) else tags,
+            max_reward_evaluations=self.args.max_reward_evaluations,
+        )
