@@ -57,11 +57,13 @@ def table(results: list[dict]) -> str:
             if (v, t) != (variant, tag):
                 continue
             rates = [r["success_rate"] for r in runs]
+            # No pretrained success in a small evaluation leaves the improvement undefined, not infinite.
+            improvement = (lambda rate: f"{rate / base_mean:.1f}x") if base_mean > 0 else (lambda rate: "n/a")
             modes = failure_modes([q for r in runs for q in r.get("queries", [])])
             lines.append(
                 f"| {method} | {len(runs)} | {statistics.mean(rates):.3g} | {statistics.median(rates):.3g} | "
-                f"{statistics.pstdev(rates):.3g} | {statistics.mean(rates) / base_mean:.1f}x | "
-                f"{min(rates) / base_mean:.1f}x | {statistics.mean(len(set(r.get('queries', []))) for r in runs):.0f} | "
+                f"{statistics.pstdev(rates):.3g} | {improvement(statistics.mean(rates))} | "
+                f"{improvement(min(rates))} | {statistics.mean(len(set(r.get('queries', []))) for r in runs):.0f} | "
                 f"{statistics.mean(r['nre'] for r in runs):.0f} | "
                 f"{statistics.mean(r['samples'] for r in runs):.0f} | {modes['leading_zero']:.2f} | "
                 f"{modes['carry_chain_2plus']:.2f} | {statistics.mean(r['seconds'] for r in runs) / 60:.1f} |"
@@ -78,7 +80,9 @@ def discrimination_table(results: list[dict]) -> str:
     lines = ["| variant / tag | round | seeds | AUC | successes rejected | failures rejected | posterior acceptance "
              "| success rate of the round's paid samples |", "|---|---|---|---|---|---|---|---|"]
     for (variant, tag, k), rows in sorted(rounds.items()):
-        mean = {key: statistics.mean(r[key] for r in rows) for key in rows[0] if isinstance(rows[0][key], float)}
+        # A region's AUC is undefined (NaN) once no pool success is left: average over the seeds where it is defined.
+        mean = {key: statistics.mean([r[key] for r in rows if r[key] == r[key]] or [float("nan")])
+                for key in ("auc", "rejects_successes", "rejects_failures", "acceptance_rate", "round_success_rate")}
         lines.append(f"| {variant}{' / ' + tag if tag else ''} | {k} | {len(rows)} | {mean['auc']:.3f} | "
                      f"{mean['rejects_successes']:.3f} | {mean['rejects_failures']:.3f} | "
                      f"{mean['acceptance_rate']:.2e} | {mean['round_success_rate']:.4f} |")

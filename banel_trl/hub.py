@@ -1,0 +1,202 @@
+"""Model cards in TRL's style and Hub publishing of BaNEL posteriors."""
+
+import importlib.resources
+import os
+import shutil
+import tempfile
+from importlib.metadata import version
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from .ledger import LEDGER_NAME
+from .posterior import read_posterior_config
+from .report import REPORT_PLOT_NAME, clopper_pearson, plot_run, read_run
+
+
+MODEL_CARD_TEMPLATE = "banel_model_card.md"
+TAGS = ["trl", "banel"]
+
+
+def _rate(successes: int, samples: int) -> str:
+    low, high = clopper_pearson(successes, samples)
+    return f"{successes / samples:.2e} [{low:.1e}, {high:.1e}] ({successes}/{samples})"
+
+
+def generate_banel_model_card(
+    output_dir: str,
+    model_name: str,
+    hub_model_id: str,
+    base_model: str | None = None,
+    dataset_name: str | None = None,
+    tags: list[str] | None = None,
+    max_reward_evaluations: int | None = None,
+    plot_file: str | None = None,
+    wandb_url: str | None = None,
+    trackio_url: str | None = None,
+    max_successes: int = 10,
+) -> ModelCard:
+    """
+    A [`~huggingface_hub.ModelCard`] for a BaNEL posterior, in the style of TRL's `generate_model_card`: the method and
+    its paper, the reward evaluations (NREs) spent, the successes found, and the success rate of every round with its
+    Clopper-Pearson interval, read from the run's folder.
+
+    Args:
+        output_dir (`str`):
+            A folder holding `banel_posterior.json` (a saved posterior) and, for the run's figures, the run's ledger
+            (`banel_ledger.jsonl`) and `trainer_state.json`.
+        model_name (`str`):
+            Name of the model.
+        hub_model_id (`str`):
+            Hub model id, `username/model_id`.
+        base_model (`str`, *optional*):
+            The proposal `p_theta`; defaults to the base model recorded in `banel_posterior.json`.
+        dataset_name (`str`, *optional*):
+            Hub id of the prompts' dataset.
+        tags (`list[str]`, *optional*):
+            More tags; `trl` and `banel` are always added.
+        max_reward_evaluations (`int`, *optional*):
+            The run's budget, shown next to the NREs used.
+        plot_file (`str`, *optional*):
+            Path, relative to the card, of the per-round plot to embed.
+        wandb_url, trackio_url (`str`, *optional*):
+            Tracking links, as in TRL's cards.
+        max_successes (`int`, *optional*, defaults to `10`):
+            Successes listed.
+
+    Returns:
+        [`~huggingface_hub.ModelCard`]
+    """
+    from .trainer import BanelTrainer  # the paper's title, id and citation live with the trainer, as in TRL
+
+    config = read_posterior_config(output_dir)
+    base_model = base_model or config["base_model_name_or_path"]
+    base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
+    summary = [("Base model `p_theta`", f"`{base_model}`"), ("Rejection regions", len(config["regions"]))]
+    rounds, successes = [], []
+    if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
+        run = read_run(output_dir)
+        used = len(run.records)
+        summary.append(("Reward evaluations (NREs) used",
+                        f"{used} of {max_reward_evaluations}" if max_reward_evaluations else used))
+        summary.append(("Successes found (never trained on)", len(run.successes)))
+        sampled = [r for r in run.rounds if r.evaluations + r.repeats]
+        if sampled:
+            first, last = sampled[0], sampled[-1]
+            summary.append((f"Success rate, round {first.round} (base model)",
+                            _rate(first.successes, first.evaluations + first.repeats)))
+            if last is not first:
+                summary.append((f"Success rate, round {last.round} (posterior)",
+                                _rate(last.successes, last.evaluations + last.repeats)))
+        if "eval_success_rate" in run.eval_metrics:
+            samples = int(run.eval_metrics["eval_num_samples"])
+            summary.append(("Success rate of the final posterior (evaluation)",
+                            _rate(round(run.eval_metrics["eval_success_rate"] * samples), samples)))
+        for r in sampled:
+            rounds.append([
+                r.round, r.evaluations, r.successes, _rate(r.successes, r.evaluations + r.repeats),
+                "–" if r.acceptance_rate is None else f"{r.acceptance_rate:.2e}",
+                "–" if r.threshold is None else f"{r.threshold:.3f}",
+            ])
+        successes = [f"round {r['round']}: `{r['completion']!r}`" for r in run.successes[:max_successes]]
+        if len(run.successes) > max_successes:
+            successes.append(f"... and {len(run.successes) - max_successes} more.")
+
+    card_data = ModelCardData(
+        base_model=base_model if base_model_on_hub else None,
+        datasets=dataset_name,
+        library_name="peft",
+        model_name=model_name,
+        tags=["generated_from_trainer", *dict.fromkeys([*TAGS, *(tags or [])])],
+    )
+    template = importlib.resources.files("banel_trl.templates").joinpath(MODEL_CARD_TEMPLATE)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        hub_model_id=hub_model_id,
+        base_model=base_model,
+        base_model_on_hub=base_model_on_hub,
+        dataset_name=dataset_name,
+        num_regions=len(config["regions"]),
+        summary=summary,
+        rounds=rounds,
+        successes=successes,
+        plot_file=plot_file,
+        wandb_url=wandb_url,
+        trackio_url=trackio_url,
+        trainer_name=BanelTrainer._name,
+        trainer_citation=BanelTrainer._paper["citation"],
+        paper_title=BanelTrainer._paper["title"],
+        paper_id=BanelTrainer._paper["id"],
+        banel_trl_version=version("banel_trl"),
+        trl_version=version("trl"),
+        transformers_version=version("transformers"),
+        peft_version=version("peft"),
+        pytorch_version=version("torch"),
+        datasets_version=version("datasets"),
+        tokenizers_version=version("tokenizers"),
+    )
+
+
+def write_model_card(output_dir: str, model_name: str, hub_model_id: str, **kwargs) -> str:
+    """
+    Write `README.md` (see [`generate_banel_model_card`]) into `output_dir`, with the per-round plot
+    (`banel_report.png`) when the folder holds the run's ledger. Returns the card's path.
+    """
+    plot_file = None
+    if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
+        plot_run(read_run(output_dir), os.path.join(output_dir, REPORT_PLOT_NAME))
+        plot_file = REPORT_PLOT_NAME
+    card = generate_banel_model_card(output_dir, model_name, hub_model_id, plot_file=plot_file, **kwargs)
+    path = os.path.join(output_dir, "README.md")
+    card.save(path)
+    return path
+
+
+def push_posterior_to_hub(
+    posterior,
+    repo_id: str,
+    tokenizer=None,
+    run_dir: str | None = None,
+    commit_message: str = "Upload BaNEL posterior",
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    dataset_name: str | None = None,
+):
+    """
+    Upload a posterior to the Hub: every region's adapter, `banel_posterior.json` (the thresholds), the tokenizer if
+    given, and a model card. With `run_dir` (the run's `output_dir`), the card reports the NREs, successes and success
+    rates of the run, with its plot. See [`BanelPosterior.push_to_hub`].
+
+    Returns:
+        [`~huggingface_hub.CommitInfo`]: the upload's commit.
+    """
+    if not posterior.regions:
+        raise ValueError("The posterior has no region: there is nothing to publish.")
+    if run_dir is not None and not os.path.isfile(os.path.join(run_dir, LEDGER_NAME)):
+        raise FileNotFoundError(f"`run_dir` {run_dir} has no {LEDGER_NAME}: it is not a BaNEL run's output_dir.")
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as folder:
+        posterior.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        plot_file = None
+        if run_dir is not None:
+            for name in (LEDGER_NAME, "trainer_state.json"):
+                if os.path.isfile(os.path.join(run_dir, name)):
+                    shutil.copyfile(os.path.join(run_dir, name), os.path.join(folder, name))
+            plot_run(read_run(folder), os.path.join(folder, REPORT_PLOT_NAME))
+            plot_file = REPORT_PLOT_NAME
+        card = generate_banel_model_card(
+            folder,
+            model_name=repo_id.split("/")[-1],
+            hub_model_id=repo_id,
+            dataset_name=dataset_name,
+            plot_file=plot_file,
+        )
+        card.save(os.path.join(folder, "README.md"))
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
+        )

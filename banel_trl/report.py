@@ -1,0 +1,387 @@
+"""Reading a BaNEL run back from its output folder: per-round figures, a plot, successes and failure patterns."""
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+import torch
+from transformers.trainer import TRAINER_STATE_NAME
+
+from .data import NegativesCollator, tokenize_prompts
+from .ledger import LEDGER_NAME
+from .posterior import POSTERIOR_CONFIG_NAME, BanelPosterior, read_posterior_config
+
+
+REPORT_PLOT_NAME = "banel_report.png"
+REPORT_NAME = "banel_report.md"
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
+    """
+    Exact (Clopper-Pearson) two-sided `1 - alpha` confidence interval of a binomial success rate.
+
+    Args:
+        successes (`int`):
+            Number of successes observed.
+        trials (`int`):
+            Number of trials, at least `successes`.
+        alpha (`float`, *optional*, defaults to `0.05`):
+            One minus the coverage of the interval.
+
+    Returns:
+        `tuple[float, float]`: the lower and upper bounds.
+    """
+    from scipy.stats import beta
+
+    if not 0 <= successes <= trials or trials < 1:
+        raise ValueError(f"Expected 0 <= successes <= trials and trials >= 1, got {successes} of {trials}.")
+    lower = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, trials - successes + 1))
+    upper = 1.0 if successes == trials else float(beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return lower, upper
+
+
+@dataclass
+class RoundSummary:
+    """What one round of a run paid and found, from the ledger and the round's logged metrics."""
+
+    round: int
+    evaluations: int
+    successes: int
+    repeats: int
+    cumulative_evaluations: int
+    cumulative_successes: int
+    acceptance_rate: float | None = None
+    negative_loss: float | None = None
+    threshold: float | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        """Successes among the round's samples of the posterior (paid evaluations and free repeats)."""
+        samples = self.evaluations + self.repeats
+        return self.successes / samples if samples else None
+
+
+@dataclass
+class RunSummary:
+    """A run read back from its output folder. `records` are the ledger's paid evaluations."""
+
+    output_dir: str
+    records: list[dict]
+    repeats: list[dict]
+    rounds: list[RoundSummary]
+    posterior_config: dict | None = None
+    eval_metrics: dict = field(default_factory=dict)
+
+    @property
+    def successes(self) -> list[dict]:
+        return [r for r in self.records if r["success"]]
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.records if not r["success"]]
+
+
+def read_ledger_lines(path: str) -> list[dict]:
+    """The complete lines of a ledger, read only (a torn last line of a crashed or running run is skipped)."""
+    with open(path, "rb") as file:
+        lines = file.read().split(b"\n")[:-1]
+    return [json.loads(line) for line in lines]
+
+
+def read_run(output_dir: str) -> RunSummary:
+    """
+    Summarise the run in `output_dir` from its ledger (`banel_ledger.jsonl`), and, where present, the per-round
+    metrics the trainer logged (`trainer_state.json`) and the saved posterior (`banel_posterior.json`). The folder is
+    only read, so a run still in progress can be reported on.
+
+    Args:
+        output_dir (`str`):
+            The `output_dir` of a [`BanelTrainer`] run.
+
+    Returns:
+        [`RunSummary`]
+    """
+    ledger_path = os.path.join(output_dir, LEDGER_NAME)
+    if not os.path.isfile(ledger_path):
+        raise FileNotFoundError(f"{output_dir} has no {LEDGER_NAME}: it is not the output_dir of a BaNEL run.")
+    lines = read_ledger_lines(ledger_path)
+    records = [line for line in lines if "repeat_of" not in line and "end" not in line]
+    repeats = [line for line in lines if "repeat_of" in line]
+    round_ends = {line["round"]: line["end"] for line in lines if "end" in line}
+
+    logged, eval_metrics = {}, {}
+    state_path = os.path.join(output_dir, TRAINER_STATE_NAME)
+    if os.path.isfile(state_path):
+        with open(state_path) as file:
+            for entry in json.load(file).get("log_history", []):
+                if "acceptance_rate" in entry:
+                    logged[entry["round"]] = entry
+                eval_metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+
+    rounds, total_evaluations, total_successes = [], 0, 0
+    for k in sorted({r["round"] for r in lines}):
+        paid = [r for r in records if r["round"] == k]
+        repeated = [records[line["repeat_of"]] for line in repeats if line["round"] == k]
+        total_evaluations += len(paid)
+        total_successes += sum(r["success"] for r in paid)
+        metrics = logged.get(k, {})
+        acceptance_rate = metrics.get("acceptance_rate")
+        end = round_ends.get(k, {})
+        if acceptance_rate is None and end.get("proposed"):
+            acceptance_rate = end["accepted"] / end["proposed"]
+        rounds.append(RoundSummary(
+            round=k,
+            evaluations=len(paid),
+            successes=sum(r["success"] for r in paid + repeated),
+            repeats=len(repeated),
+            cumulative_evaluations=total_evaluations,
+            cumulative_successes=total_successes,
+            acceptance_rate=acceptance_rate,
+            negative_loss=metrics.get("negative_loss"),
+            threshold=metrics.get("threshold"),
+        ))
+    posterior_config = None
+    if os.path.isfile(os.path.join(output_dir, POSTERIOR_CONFIG_NAME)):
+        posterior_config = read_posterior_config(output_dir)
+    return RunSummary(output_dir, records, repeats, rounds, posterior_config, eval_metrics)
+
+
+def plot_run(run: RunSummary, path: str) -> str:
+    """
+    Draw the run's rounds into a PNG at `path`: reward evaluations (NREs), successes, the posterior's acceptance rate
+    and the negative model's fit loss, per round. Panels whose figures were not logged say so.
+
+    Returns:
+        `str`: `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r.round for r in run.rounds]
+    figure, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
+    ax = axes[0, 0]
+    ax.bar(rounds, [r.evaluations for r in run.rounds], color="tab:blue", label="this round")
+    ax.plot(rounds, [r.cumulative_evaluations for r in run.rounds], "o-", color="tab:gray", label="cumulative")
+    ax.set(title="Reward evaluations (NREs)", xlabel="round", ylabel="NREs")
+    ax.legend()
+
+    ax = axes[0, 1]
+    ax.bar(rounds, [r.successes for r in run.rounds], color="tab:green", label="this round")
+    ax.plot(rounds, [r.cumulative_successes for r in run.rounds], "o-", color="tab:gray", label="cumulative (paid)")
+    ax.set(title="Successes (never trained on)", xlabel="round", ylabel="successes")
+    ax.legend()
+
+    for ax, name, title, log_scale in (
+        (axes[1, 0], "acceptance_rate", "Acceptance rate of the posterior", True),
+        (axes[1, 1], "negative_loss", "Negative model fit loss (NLL per token)", False),
+    ):
+        points = [(r.round, getattr(r, name)) for r in run.rounds if getattr(r, name) is not None]
+        if points:
+            ax.plot(*zip(*points), "o-", color="tab:red")
+            if log_scale and all(value > 0 for _, value in points):
+                ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, f"no {name} logged\n({TRAINER_STATE_NAME} missing)", ha="center", va="center",
+                    transform=ax.transAxes)
+        ax.set(title=title, xlabel="round")
+    for ax in axes.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    total = run.rounds[-1] if run.rounds else None
+    figure.suptitle(
+        f"BaNEL run {os.path.basename(os.path.abspath(run.output_dir))}: "
+        f"{total.cumulative_evaluations if total else 0} NREs, {len(run.successes)} successes"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+@torch.no_grad()
+def failure_patterns(
+    run: RunSummary,
+    posterior: BanelPosterior,
+    tokenizer,
+    num_failures: int = 512,
+    top_k: int = 5,
+    seed: int = 0,
+) -> list[dict]:
+    """
+    What each region rejects: the paid failures ranked by the region's score `log p_phi_k(x) - log p_theta(x)`.
+
+    Args:
+        run ([`RunSummary`]):
+            The run, from [`read_run`].
+        posterior ([`BanelPosterior`]):
+            Its posterior, e.g. `BanelPosterior.from_pretrained(output_dir)`.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The tokenizer the prompts were encoded with.
+        num_failures (`int`, *optional*, defaults to `512`):
+            Failures scored (a seeded random subset when there are more).
+        top_k (`int`, *optional*, defaults to `5`):
+            Failures listed at each end of the ranking.
+        seed (`int`, *optional*, defaults to `0`):
+            Seed of the subset.
+
+    Returns:
+        `list[dict]`: one entry per region, with its `round`, `threshold`, `rejected_share` (of the scored failures
+        inside the region), and `most_likely` / `least_likely`: the failures with the highest / lowest score, each a
+        dict with `prompt`, `completion` and `score`.
+    """
+    failures = run.failures
+    if not failures or not posterior.regions:
+        return []
+    if len(failures) > num_failures:
+        failures = random.Random(seed).sample(failures, num_failures)
+    collator = NegativesCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    device = posterior.model.device
+    scores = []
+    for start in range(0, len(failures), posterior.scoring_batch_size):
+        chunk = failures[start : start + posterior.scoring_batch_size]
+        prompt_ids = tokenize_prompts([r["prompt"] for r in chunk], tokenizer)
+        batch = collator([
+            {"prompt_ids": ids, "completion_ids": r["completion_ids"]} for ids, r in zip(prompt_ids, chunk)
+        ])
+        scores.append(posterior.log_ratios(**{key: value.to(device) for key, value in batch.items()}).cpu())
+    scores = torch.cat(scores)
+    patterns = []
+    for k, region in enumerate(posterior.regions):
+        order = scores[:, k].argsort(descending=True).tolist()
+
+        def entry(i):
+            return {"prompt": failures[i]["prompt"], "completion": failures[i]["completion"],
+                    "score": float(scores[i, k])}
+
+        patterns.append({
+            "round": region.round,
+            "threshold": region.threshold,
+            "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
+            "most_likely": [entry(i) for i in order[:top_k]],
+            "least_likely": [entry(i) for i in order[::-1][:top_k]],
+        })
+    return patterns
+
+
+def _shorten(value, width: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = repr(text)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_report(run: RunSummary, patterns: list[dict] | None = None, plot_path: str | None = None,
+                  max_successes: int = 20) -> str:
+    """The run as Markdown: a table of rounds, the successes found, and the failure patterns of each region."""
+    lines = [f"# BaNEL run report: `{run.output_dir}`", ""]
+    if plot_path is not None:
+        lines += [f"![BaNEL rounds]({os.path.basename(plot_path)})", ""]
+    lines += [
+        f"{len(run.records)} reward evaluations (NREs) in {len(run.rounds)} rounds, {len(run.successes)} successes.",
+        "",
+        "| round | NREs | cumulative NREs | successes | success rate [95% CI] | acceptance rate | negative loss | "
+        "threshold |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def number(value, spec):
+        return "–" if value is None else format(value, spec)
+
+    for r in run.rounds:
+        samples = r.evaluations + r.repeats
+        rate = "–"
+        if samples:
+            low, high = clopper_pearson(r.successes, samples)
+            rate = f"{r.success_rate:.2e} [{low:.1e}, {high:.1e}]"
+        lines.append(
+            f"| {r.round} | {r.evaluations} | {r.cumulative_evaluations} | {r.successes} | {rate} | "
+            f"{number(r.acceptance_rate, '.2e')} | {number(r.negative_loss, '.3f')} | {number(r.threshold, '.3f')} |"
+        )
+    lines += ["", "Round 0 samples `p_theta` itself: its success rate estimates the base model's.", ""]
+
+    lines += ["## Successes", ""]
+    if run.successes:
+        for r in run.successes[:max_successes]:
+            lines.append(f"- round {r['round']}, reward {r['reward']}: {_shorten(r['completion'])} "
+                         f"(prompt {_shorten(r['prompt'], 60)})")
+        if len(run.successes) > max_successes:
+            lines.append(f"- ... and {len(run.successes) - max_successes} more in `{LEDGER_NAME}`.")
+    else:
+        lines.append("None found.")
+    lines.append("")
+
+    if patterns:
+        lines += [
+            "## What the regions reject",
+            "",
+            "Failures ranked by each region's score `log p_phi_k(x) - log p_theta(x)`: the region rejects what scores "
+            "above its threshold. The most likely failures are the pattern the negative model learned; the least "
+            "likely are failures it does not cover.",
+            "",
+        ]
+        for pattern in patterns:
+            lines += [
+                f"### Region {pattern['round']} (threshold {pattern['threshold']:.3f}, rejects "
+                f"{pattern['rejected_share']:.0%} of the scored failures)",
+                "",
+                f"| most likely under p_phi_{pattern['round']} (vs p_theta) | score | least likely | score |",
+                "|---|---|---|---|",
+            ]
+            for most, least in zip(pattern["most_likely"], pattern["least_likely"]):
+                lines.append(f"| {_shorten(most['completion'], 60)} | {most['score']:.2f} | "
+                             f"{_shorten(least['completion'], 60)} | {least['score']:.2f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(
+    output_dir: str,
+    posterior: BanelPosterior | None = None,
+    tokenizer=None,
+    model_name_or_path: str | None = None,
+    patterns: bool = True,
+    num_failures: int = 512,
+    top_k: int = 5,
+) -> tuple[str, str]:
+    """
+    Write `banel_report.png` (see [`plot_run`]) and `banel_report.md` (see [`format_report`]) into `output_dir`.
+
+    Args:
+        output_dir (`str`):
+            The `output_dir` of a [`BanelTrainer`] run.
+        posterior ([`BanelPosterior`], *optional*):
+            The run's posterior, for the failure patterns. Loaded from `output_dir` when `None`.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            The run's tokenizer. Loaded from `output_dir` (where `save_model` puts it) or the base model when `None`.
+        model_name_or_path (`str`, *optional*):
+            The proposal `p_theta` to load the regions onto; defaults to the base model recorded in the folder.
+        patterns (`bool`, *optional*, defaults to `True`):
+            Score failures under every region (loads the model) to list what the regions reject.
+        num_failures (`int`, *optional*, defaults to `512`):
+            Failures scored for the patterns.
+        top_k (`int`, *optional*, defaults to `5`):
+            Failures listed at each end of every region's ranking.
+
+    Returns:
+        `tuple[str, str]`: paths of the Markdown report and of the plot.
+    """
+    run = read_run(output_dir)
+    plot_path = plot_run(run, os.path.join(output_dir, REPORT_PLOT_NAME))
+    found = []
+    if patterns and run.posterior_config is not None and run.posterior_config["regions"]:
+        if posterior is None:
+            posterior = BanelPosterior.from_pretrained(output_dir, model=model_name_or_path)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            has_tokenizer = os.path.isfile(os.path.join(output_dir, "tokenizer_config.json"))
+            source = output_dir if has_tokenizer else (
+                model_name_or_path or run.posterior_config["base_model_name_or_path"]
+            )
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        found = failure_patterns(run, posterior, tokenizer, num_failures=num_failures, top_k=top_k)
+    report_path = os.path.join(output_dir, REPORT_NAME)
+    with open(report_path, "w") as file:
+        file.write(format_report(run, found, plot_path) + "\n")
+    return report_path, plot_path
