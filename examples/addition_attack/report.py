@@ -49,9 +49,9 @@ def table(results: list[dict]) -> str:
             r["success_rate"] for r in groups.get((variant, "", "pretrained"), [])]
         base_mean = statistics.mean(base) if base else float("nan")
         lines += [f"\n{variant}{' / ' + tag if tag else ''} (pretrained mean {base_mean:.3g})\n",
-                  "| method | seeds | mean | median | std | improvement (mean / pretrained mean) | min seed improvement "
-                  "| distinct successful queries (per seed) | NREs | eval samples | successes with leading zero "
-                  "| with carry chain >= 2 | minutes/seed |",
+                  "| method | seeds | mean | median | std | improvement (mean / pretrained mean) "
+                  "| min seed improvement | distinct successful queries (per seed) | NREs | eval samples "
+                  "| successes with leading zero | with carry chain >= 2 | minutes/seed |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for (v, t, method), runs in sorted(groups.items(), key=lambda item: item[0]):
             if (v, t) != (variant, tag):
@@ -89,8 +89,12 @@ def discrimination_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+FLOOR = 1e-5  # a success rate of 0 is drawn here, at the bottom of the log axis
+
+
 def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: str = "") -> None:
-    """Mean success rate of each method's training-time samples against NREs spent (final evaluation dashed)."""
+    """Mean success rate of each method's training-time samples against NREs spent (final evaluation dashed); zero
+    rates are drawn at the bottom of the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,10 +116,11 @@ def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: st
                 for nre, rate in curve:
                     bins[-(-nre // 750) * 750].append(rate)
             xs = sorted(bins)
-            axis.plot(xs, [max(statistics.mean(bins[x]), 1e-6) for x in xs], color=color, marker="o", ms=3,
+            axis.plot(xs, [max(statistics.mean(bins[x]), FLOOR) for x in xs], color=color, marker="o", ms=3,
                       label=f"{method} (samples while training)")
-        axis.axhline(max(final, 1e-6), color=color, ls="--", lw=1, label=f"{method} final ({final:.2g})")
+        axis.axhline(max(final, FLOOR), color=color, ls="--", lw=1, label=f"{method} final ({final:.2g})")
     axis.set_yscale("log")
+    axis.set_ylim(FLOOR / 2, 1.5)
     axis.set_xlabel("reward evaluations (NREs)")
     axis.set_ylabel("success rate")
     axis.set_title(f"Addition attack ({variant.replace('_', ' ')}), mean over seeds")
