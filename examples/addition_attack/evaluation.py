@@ -5,16 +5,10 @@ import os
 import time
 
 import torch
-from scipy.stats import beta
 
+from banel_trl.data import NegativesCollator
+from banel_trl.report import clopper_pearson
 from banel_trl.tasks import addition_attack as task
-
-
-def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact two-sided binomial confidence interval for a success rate."""
-    low = beta.ppf(alpha / 2, successes, trials - successes + 1) if successes > 0 else 0.0
-    high = beta.ppf(1 - alpha / 2, successes + 1, trials - successes) if successes < trials else 1.0
-    return float(low), float(high)
 
 
 def auc(failure_scores: torch.Tensor, success_scores: torch.Tensor) -> float:
@@ -27,7 +21,7 @@ def auc(failure_scores: torch.Tensor, success_scores: torch.Tensor) -> float:
 
 
 def rate_summary(successes: int, samples: int) -> dict:
-    low, high = clopper_pearson(successes, samples)
+    low, high = clopper_pearson(successes, samples) if samples else (0.0, 1.0)
     return {"successes": successes, "samples": samples, "success_rate": successes / max(samples, 1),
             "ci95": [low, high]}
 
@@ -86,14 +80,12 @@ def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: 
 
 
 def encode_queries(tokenizer, queries: list[str]) -> dict:
-    """Prompt (BOS) and right-padded completion (query + EOS) tensors, as the posterior scores them."""
-    completions = [tokenizer.convert_tokens_to_ids(list(q)) + [tokenizer.eos_token_id] for q in queries]
-    width = max(len(c) for c in completions)
-    completion_ids = torch.tensor([c + [tokenizer.pad_token_id] * (width - len(c)) for c in completions])
-    completion_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in completions])
-    prompt_ids = torch.full((len(queries), 1), tokenizer.bos_token_id)
-    return {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
-            "completion_ids": completion_ids, "completion_mask": completion_mask}
+    """Prompt (BOS) and completion (query + EOS) tensors, laid out as the negative fit and the posterior score them."""
+    return NegativesCollator(tokenizer.pad_token_id)([
+        {"prompt_ids": [tokenizer.bos_token_id],
+         "completion_ids": tokenizer.convert_tokens_to_ids(list(query)) + [tokenizer.eos_token_id]}
+        for query in queries
+    ])
 
 
 def region_discrimination(posterior, pool_batches: dict) -> dict:
