@@ -66,9 +66,11 @@ class BanelConfig(TrainingArguments):
         temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs, chat_template_kwargs:
             As in [`~trl.GRPOConfig`]. `temperature` also scales the logits of every likelihood BaNEL computes, so the
             negative models compare against the proposal actually sampled.
-        max_sampling_attempts (`int`, *optional*, defaults to `1000`):
-            Bound on rejection sampling: at most this many candidates are proposed per requested sample. When the
-            posterior accepts less than that, the round ends early (or `generate` raises) with the acceptance rate.
+        max_sampling_attempts (`int`, *optional*, defaults to `10000`):
+            Bound on rejection sampling: at most this many candidates are proposed per requested sample, in total over
+            the samples requested (a round's evaluations, or a call to `generate`). When the posterior accepts less
+            than that, the round ends early (or `generate` raises) with the acceptance rate. At the default rates the
+            final posterior accepts about 5e-4 of the proposals, 2,000 per sample on average.
 
         > Negative models and rejection regions
 
@@ -95,9 +97,13 @@ class BanelConfig(TrainingArguments):
             of failures held out of its fit, so that fraction of fresh failures lands inside the region whatever the
             scale of the log-ratios. `"filter_factor"`: the paper's form, reject when `p_phi_k(x) > filter_factor *
             p_theta(x)`.
-        target_rejection_rate (`float`, *optional*, defaults to `0.5`):
+        target_rejection_rate (`float`, *optional*, defaults to `0.9`):
             With `threshold_type="calibrated"`, the fraction of fresh failures (of the posterior the region was fit
-            on) each region after the first rejects.
+            on) each region after the first rejects. Scored against the reference (`reference_model="posterior"`),
+            the second region of the addition attack kept 44% of the successes at 0.9 against 93% at 0.5, and end
+            to end BaNEL's gain over the pretrained attacker went from 75x to 241x (docs/results/addition_attack.md).
+            Each such region divides the acceptance by 10: for runs of more than two rounds, lower it (0.5) or raise
+            `max_sampling_attempts`.
         first_region_rejection_rate (`float` or `None`, *optional*, defaults to `0.995`):
             With `threshold_type="calibrated"`, the fraction of fresh failures the first region rejects (`None`: the
             same as `target_rejection_rate`). The first region is fit on samples of `p_theta` itself, and acts as a
@@ -235,8 +241,11 @@ class BanelConfig(TrainingArguments):
         metadata={"help": "Extra keyword arguments for apply_chat_template on conversational prompts."},
     )
     max_sampling_attempts: int = field(
-        default=1000,
-        metadata={"help": "At most this many candidates are proposed per requested sample before giving up."},
+        default=10000,
+        metadata={
+            "help": "At most this many candidates are proposed per requested sample (in total over the samples "
+            "requested) before giving up."
+        },
     )
 
     # Negative models and rejection regions
@@ -263,7 +272,7 @@ class BanelConfig(TrainingArguments):
         },
     )
     target_rejection_rate: float = field(
-        default=0.5,
+        default=0.9,
         metadata={"help": "Calibrated thresholds: fraction of fresh failures each region rejects, in (0, 1)."},
     )
     first_region_rejection_rate: float | None = field(

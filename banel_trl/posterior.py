@@ -337,8 +337,11 @@ class BanelPosterior:
         sequences (left-padded prompt, then completion padded with the pad token), every one accepted by all regions.
 
         Candidates are drawn from `p_theta` with the given sampling arguments and rejected until each requested sample
-        is accepted. Low acceptance is met by oversampling; after `max_sampling_attempts` candidates per requested
-        sample, [`PosteriorAcceptanceError`] reports the acceptance rate instead of looping on.
+        is accepted. Low acceptance is met by oversampling; once `max_sampling_attempts` candidates per requested
+        sample have been proposed in all, [`PosteriorAcceptanceError`] reports the acceptance rate instead of looping
+        on. The bound is on the total, not per sample: at acceptance `a`, a sample takes a geometric number of
+        attempts with mean `1 / a`, and a per-sample bound would fail some of many requested samples long before the
+        total is out of proportion.
         """
         config = GenerationConfig.from_dict({**(generation_config or self.generation_config).to_dict(), **kwargs})
         copies = config.num_return_sequences or 1
@@ -351,16 +354,15 @@ class BanelPosterior:
         batch_limit = max(self.scoring_batch_size, input_ids.size(0))
 
         completions: dict[int, torch.Tensor] = {}
-        attempts = torch.zeros(input_ids.size(0), dtype=torch.long)
         proposed = accepted = 0
         while len(completions) < input_ids.size(0):
             pending = torch.tensor([i for i in range(input_ids.size(0)) if i not in completions])
-            if (attempts[pending] >= max_attempts).any():
+            if proposed >= max_attempts * input_ids.size(0):
                 raise PosteriorAcceptanceError(
                     f"The posterior accepted {accepted} of {proposed} candidates (acceptance rate "
                     f"{accepted / proposed:.2e}) and {len(pending)} requested samples are still missing after "
-                    f"{max_attempts} attempts each. Its {len(self.regions)} regions reject almost all of p_theta: "
-                    "raise `max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower "
+                    f"{max_attempts} attempts per sample. Its {len(self.regions)} regions reject almost all of "
+                    "p_theta: raise `max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower "
                     "`target_rejection_rate`)."
                 )
             # Oversample each pending row by the inverse of the acceptance seen so far, within the batch limit.
@@ -368,7 +370,6 @@ class BanelPosterior:
             per_row = max(1, min(math.ceil(1 / acceptance), batch_limit // len(pending)))
             rows = pending.repeat_interleave(per_row)
             proposal = self.propose(input_ids[rows], attention_mask[rows], config)
-            attempts += torch.bincount(rows, minlength=input_ids.size(0))
             proposed += len(rows)
             accepted += int(proposal.accepted.sum())
             for j in proposal.accepted.nonzero().flatten().tolist():

@@ -138,6 +138,30 @@ def test_generate_reports_acceptance_collapse(small_space):
         posterior.generate(torch.full((2, 1), tokenizer.bos_token_id), max_new_tokens=3, do_sample=True)
 
 
+def test_generate_bounds_the_total_proposals_not_each_sample(small_space):
+    """
+    At low acceptance a requested sample may take more than `max_sampling_attempts` proposals by chance; `generate`
+    only gives up once all requested samples together have used `max_sampling_attempts` each.
+    """
+    tokenizer, model, _, _, _ = small_space
+
+    class FirstRowOnly(BanelPosterior):
+        """Accepts only the first candidate of every batch: one sample per call, whatever the oversampling."""
+
+        def propose(self, input_ids, attention_mask, generation_config):
+            proposal = super().propose(input_ids, attention_mask, generation_config)
+            proposal.accepted = torch.arange(len(proposal.accepted)) == 0
+            return proposal
+
+    prompts = torch.full((4, 1), tokenizer.bos_token_id)
+    # Batches of 4, 9 (3 per pending row), 10 and 6 candidates: the last sample is drawn after its 15th attempt,
+    # within the 24 proposals that 6 attempts for each of 4 samples allow.
+    posterior = FirstRowOnly(model, regions=[], max_sampling_attempts=6)
+    assert len(posterior.generate(prompts, max_new_tokens=3, do_sample=True)) == 4
+    with pytest.raises(PosteriorAcceptanceError, match="4 attempts per sample"):
+        FirstRowOnly(model, regions=[], max_sampling_attempts=4).generate(prompts, max_new_tokens=3, do_sample=True)
+
+
 def test_save_and_load_keep_every_decision(small_space, tmp_path):
     tokenizer, model, _, sequences, batch = small_space
     for name in ("region_1", "reference_1"):
