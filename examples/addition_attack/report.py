@@ -107,7 +107,8 @@ def per_seed_table(results: list[dict], pretrained_mean: float) -> str:
         cells = [f"{r['auc']:.2f} ({r['rejects_successes']:.2f} / {r['rejects_failures']:.3f})"
                  for r in result["rounds"][:2]]
         paid = result["rounds"][1]
-        improvement = f"{result['success_rate'] / pretrained_mean:.0f}x" if pretrained_mean > 0 else "n/a"
+        gain = result["success_rate"] / pretrained_mean if pretrained_mean > 0 else float("nan")
+        improvement = "n/a" if gain != gain else f"{gain:.0f}x" if gain >= 10 else f"{gain:.1f}x"
         lines.append(f"| {result['tag'] or '-'} | {result['seed']} | {cells[0]} | {paid['round_success_rate']:.4f} "
                      f"({paid['successes'] - result['rounds'][0]['successes']}) | {cells[1]} | "
                      f"{result['success_rate']:.4f} ({result['successes']} / {result['samples']}) | "
