@@ -39,6 +39,19 @@ def failure_modes(queries: list[str]) -> dict:
     }
 
 
+def base_rate(results: list[dict], variant: str, tag: str, pretrained_mean: float | None = None) -> float:
+    """
+    Mean success rate of the pretrained runs of `variant` and `tag` (else of the untagged ones), or `pretrained_mean`
+    for a file that has no pretrained run.
+    """
+    for wanted in (tag, ""):
+        rates = [r["success_rate"] for r in results
+                 if (r["method"], r["variant"], r["tag"]) == ("pretrained", variant, wanted)]
+        if rates:
+            return statistics.mean(rates)
+    return pretrained_mean or float("nan")
+
+
 def table(results: list[dict], pretrained_mean: float | None = None) -> str:
     """
     One markdown table per (variant, tag). Improvements are over the mean of the pretrained runs of the same variant
@@ -49,9 +62,7 @@ def table(results: list[dict], pretrained_mean: float | None = None) -> str:
         groups[(result["variant"], result["tag"], result["method"])].append(result)
     lines = []
     for variant, tag in sorted({key[:2] for key in groups}):
-        base = [r["success_rate"] for r in groups.get((variant, tag, "pretrained"), [])] or [
-            r["success_rate"] for r in groups.get((variant, "", "pretrained"), [])]
-        base_mean = statistics.mean(base) if base else pretrained_mean or float("nan")
+        base_mean = base_rate(results, variant, tag, pretrained_mean)
         lines += [f"\n{variant}{' / ' + tag if tag else ''} (pretrained mean {base_mean:.3g})\n",
                   "| method | seeds | mean | median | std | improvement (mean / pretrained mean) "
                   "| min seed improvement | distinct successful queries (per seed) | NREs | eval samples "
@@ -170,9 +181,7 @@ def main():
     print("\nBaNEL regions per round (reference pool: pretrained samples the earlier regions accept)\n")
     print(discrimination_table(results))
     print("\nBaNEL per seed (regions on the reference pool; the pool's successes left after the first region are few)\n")
-    untagged = [r["success_rate"] for r in results
-                if (r["method"], r["variant"], r["tag"]) == ("pretrained", args.variant, "")]
-    print(per_seed_table(results, statistics.mean(untagged) if untagged else args.pretrained_mean or float("nan")))
+    print(per_seed_table(results, base_rate(results, args.variant, "", args.pretrained_mean)))
     if args.plot:
         plot(results, args.plot, args.variant, args.tag)
         print(f"\nplot: {args.plot}")
