@@ -1,5 +1,6 @@
 """The BaNEL posterior: the proposal p_theta restricted to the complement of every rejection region."""
 
+import copy
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from trl.trainer.utils import pad, selective_log_softmax
 POSTERIOR_CONFIG_NAME = "banel_posterior.json"
 LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_log_probs` (64 MiB in float32)
 MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
+MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
 
 
@@ -175,6 +177,7 @@ class BanelPosterior:
         completion_mask: torch.Tensor,
         regions: list[RejectionRegion] | None = None,
         stop_at_rejection: bool = False,
+        base_log_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         `log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the completion
@@ -192,6 +195,9 @@ class BanelPosterior:
                 under are NaN: an entry is NaN only if a region of lower index already rejected the candidate. The
                 decisions of [`~BanelPosterior.rejects`] are those of full scores, at the cost of the scores a
                 rejected candidate no longer needs.
+            base_log_probs (`torch.Tensor`, *optional*):
+                The candidates' sequence log-likelihoods under `p_theta`, `(N,)`, when they are known already (from
+                generation, see [`~BanelPosterior.propose`]); `p_theta` is then not scored again.
         """
         regions = self.regions if regions is None else regions
         num_samples, device = prompt_ids.size(0), prompt_ids.device
@@ -202,7 +208,7 @@ class BanelPosterior:
         lengths = completion_mask.sum(dim=1).clamp(min=1).float()
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         alive = torch.arange(num_samples, device=device)
-        base_log_probs, start = None, 0
+        start = 0
         was_training = self.model.training
         self.model.eval()  # dropout off; PEFT only mixes adapters in eval mode
         try:
@@ -302,22 +308,40 @@ class BanelPosterior:
     def propose(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: GenerationConfig
     ) -> Proposal:
-        """Sample one completion per row from `p_theta` and decide, for each, whether the posterior accepts it."""
+        """
+        Sample one completion per row from `p_theta` and decide, for each, whether the posterior accepts it.
+
+        Generation computes `p_theta`'s logits at every step already. When they fit in `MAX_GENERATION_LOGITS`
+        (short completions, small vocabularies), the raw logits, before any logits processor or warper, are kept and
+        give the candidates' `log p_theta`, and scoring skips its `p_theta` forward pass. They are those of a forward
+        pass with a KV cache, equal to the scoring pass's up to float rounding.
+        """
+        max_new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
+        vocab_size = self.model.get_output_embeddings().weight.size(0)
+        keep_logits = bool(self.regions) and input_ids.size(0) * max_new_tokens * vocab_size <= MAX_GENERATION_LOGITS
+        config = copy.deepcopy(generation_config)
+        config.output_logits, config.return_dict_in_generate = keep_logits, True
         was_training = self.model.training
         self.model.eval()
         try:
             with self.model.disable_adapter():
-                sequences = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config
-                )
+                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
         finally:
             self.model.train(was_training)
-        completion_ids = sequences[:, input_ids.size(1) :]
+        completion_ids = output.sequences[:, input_ids.size(1) :]
         eos = generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         completion_mask = completion_mask_from_ids(completion_ids, eos)
+        base_log_probs = None
+        if keep_logits:
+            # One generation step at a time, as a single row for TRL's row loop (see `completion_log_probs`).
+            steps = zip(output.logits, completion_ids.T, completion_mask.T)
+            base_log_probs = sum(
+                selective_log_softmax(logits[None], ids[None], self.temperature)[0] * mask for logits, ids, mask in steps
+            ).float()
         log_ratios = self.log_ratios(
-            input_ids, attention_mask, completion_ids, completion_mask, stop_at_rejection=True
+            input_ids, attention_mask, completion_ids, completion_mask, stop_at_rejection=True,
+            base_log_probs=base_log_probs,
         )
         return Proposal(
             input_ids, attention_mask, completion_ids, completion_mask, log_ratios, ~self.rejects(log_ratios)

@@ -4,10 +4,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from scipy.stats import chisquare
+from transformers import GenerationConfig
 
 from banel_trl import posterior as posterior_module
 from banel_trl import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
-from banel_trl.data import NegativesCollator
+from banel_trl.data import NegativesCollator, pad_prompts
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 
 
@@ -129,6 +130,36 @@ def test_a_region_with_a_reference_is_scored_against_it(small_space):
     torch.testing.assert_close(ratios[:, 1], against_theta[:, 0] - against_theta[:, 1], atol=1e-5, rtol=1e-4)
     for name in ("region_1", "reference_1"):
         model.delete_adapter(name)
+
+
+@pytest.mark.parametrize("max_generation_logits", [0, 2**26])  # p_theta scored again; taken from generation
+def test_propose_scores_its_candidates_as_log_ratios_does(small_space, max_generation_logits, monkeypatch):
+    """
+    `propose` may take log p_theta from generation's logits. They must be the raw model's, at the posterior's
+    temperature, whatever the sampling settings and the padding: the scores of the candidates scored afresh.
+    """
+    monkeypatch.setattr(posterior_module, "MAX_GENERATION_LOGITS", max_generation_logits)
+    tokenizer, model, symbol_ids, _, _ = small_space
+    posterior = BanelPosterior(model, [RejectionRegion("region_0", 0.0, 0)], temperature=0.7)
+    input_ids, attention_mask = pad_prompts([[tokenizer.bos_token_id], [tokenizer.bos_token_id, *symbol_ids]] * 32,
+                                            tokenizer.pad_token_id)
+    sampling = {"do_sample": True, "temperature": 1.5, "top_k": 2, "repetition_penalty": 1.3, "max_new_tokens": 5}
+    config = GenerationConfig.from_dict({**model.generation_config.to_dict(), **sampling})
+    config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("=")]  # some candidates end early
+    torch.manual_seed(0)
+    first = posterior.propose(input_ids, attention_mask, config)
+    # The region rejects about half: a threshold between two candidates' scores, which float rounding cannot cross.
+    scores = first.log_ratios.unique()
+    posterior.regions[0].threshold = scores[len(scores) // 2 - 1 : len(scores) // 2 + 1].mean().item()
+    torch.manual_seed(0)
+    proposal = posterior.propose(input_ids, attention_mask, config)
+
+    afresh = posterior.log_ratios(proposal.prompt_ids, proposal.prompt_mask, proposal.completion_ids,
+                                  proposal.completion_mask)
+    torch.testing.assert_close(proposal.log_ratios, afresh, atol=1e-5, rtol=1e-4)
+    assert torch.equal(proposal.accepted, ~posterior.rejects(afresh))
+    assert 0 < int(proposal.accepted.sum()) < len(proposal.accepted)
+    assert (proposal.completion_mask.sum(dim=1) < 5).any()
 
 
 def test_generate_reports_acceptance_collapse(small_space):
