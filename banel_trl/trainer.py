@@ -395,19 +395,23 @@ class BanelTrainer(Trainer):
         args = self.args
         fit_losses = []
         try:
-            for k in range(len(self.posterior.regions), args.num_rounds):
+            # A round that added no region (see `reference_min_successes`) is collected again from the ledger.
+            first_round = self.posterior.regions[-1].round + 1 if self.posterior.regions else 0
+            for k in range(first_round, args.num_rounds):
                 if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
-                    break  # the budget is spent and every round that sampled has its region
+                    break  # the budget is spent and every round that sampled is done
                 self._round = k
                 stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
                 negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
                 if len(negatives) < 2:
                     logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
                     break
-                region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
-                self.posterior.add_region(region)
-                fit_losses.append(fit_loss)
-                self._save_round()
+                region, fit_loss = None, None
+                if self._region_has_evidence(k):
+                    region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
+                    self.posterior.add_region(region)
+                    fit_losses.append(fit_loss)
+                    self._save_round()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
                 if stats["evaluated"] < stats["budget"]:
                     logger.warning(
@@ -597,6 +601,24 @@ class BanelTrainer(Trainer):
             if not r["success"]
         ]
 
+    def _region_has_evidence(self, k: int) -> bool:
+        """
+        Whether round `k` found enough successes for a region scored against a reference fit on the same posterior,
+        the successes being all that tells its failures from the reference's samples (`reference_min_successes`).
+        """
+        args = self.args
+        if args.reference_model != "posterior" or k == 0:
+            return True
+        num_successes = sum(r["success"] for r in self.ledger.records if r["round"] == k)  # distinct: paid ones
+        if num_successes >= args.reference_min_successes:
+            return True
+        logger.warning(
+            f"Round {k} adds no region: its {num_successes} successes (fewer than `reference_min_successes`="
+            f"{args.reference_min_successes}) are all that would tell its failures from the reference's samples, so "
+            "the region would be fitting noise. Its evaluations stay in the ledger; the posterior is unchanged."
+        )
+        return False
+
     def _fit_region(self, k: int, negatives: list[dict]) -> tuple[RejectionRegion, float]:
         """
         Fit a new LoRA `p_phi_k` on `negatives` by maximum likelihood with the Trainer, and with
@@ -730,9 +752,12 @@ class BanelTrainer(Trainer):
         finally:
             self.state.global_step = step
 
-    def _log_round(self, k: int, stats: dict, region: RejectionRegion, fit_loss: float, num_negatives: int) -> None:
+    def _log_round(
+        self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
+    ) -> None:
         this_round = [r for r in self.ledger.records if r["round"] == k]
         metrics = {
+            "round": k,
             "nre/used": self.num_reward_evaluations,
             "nre/left": self.args.max_reward_evaluations - self.num_reward_evaluations,
             "successes/total": len(self.successes),
@@ -742,8 +767,8 @@ class BanelTrainer(Trainer):
             "repeats": stats["repeats"],
             "regions": len(self.posterior.regions),
             "negatives": num_negatives,
-            "negative_loss": fit_loss,
-            "threshold": region.threshold,
+            # A round that added no region has no fit to report.
+            **({} if region is None else {"negative_loss": fit_loss, "threshold": region.threshold}),
         }
         self.log(metrics)
         if self.args.should_save:  # the per-round figures `banel-trl report` plots, next to the ledger

@@ -53,6 +53,7 @@ def configs(draw):
         filter_factor=draw(st.sampled_from([0.5, 1.0, 3.0])),
         max_sampling_attempts=draw(st.integers(1, 4)),
         warm_start_negative_model=draw(st.booleans()),
+        reference_min_successes=draw(st.sampled_from([0, 1, 3])),
         seed=draw(st.integers(0, 2**16)),
     )
 

@@ -172,6 +172,36 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
     assert [r.threshold for r in again.posterior.regions] == [r.threshold for r in resumed.posterior.regions]
 
 
+def test_a_round_with_too_few_successes_adds_no_region_and_keeps_its_evaluations(
+    make_proposal, tokenizer, unconditional_dataset, make_config, caplog, tmp_path
+):
+    def train(name, reward, reference_min_successes):
+        args = make_config(output_dir=str(tmp_path / name), reference_min_successes=reference_min_successes)
+        trainer = BanelTrainer(make_proposal(), reward, args=args, train_dataset=unconditional_dataset,
+                               processing_class=tokenizer)
+        with caplog.at_level("WARNING", logger="banel_trl.trainer"):
+            trainer.train()
+        trainer.ledger.close()
+        return trainer
+
+    # Rounds 1 and 2 find a few successes each, fewer than 1000: only round 0's region, compared with p_theta.
+    counting = CountingReward()
+    strict = train("strict", counting, 1000)
+    assert [region.round for region in strict.posterior.regions] == [0]
+    assert len(counting.calls) == strict.num_reward_evaluations == 150
+    assert "Round 1 adds no region" in caplog.text and "Round 2 adds no region" in caplog.text
+    rounds = [log for log in strict.state.log_history if "acceptance_rate" in log]
+    assert [log["round"] for log in rounds] == [0, 1, 2] and "threshold" not in rounds[1]
+    # Resumed, the run pays nothing again and adds no region: rounds 1 and 2 are read back from the ledger.
+    assert [r.round for r in train("strict", counting, 1000).posterior.regions] == [0]
+    assert len(counting.calls) == 150
+
+    # The bound is inclusive: with exactly round 1's successes as the minimum, round 1 adds its region.
+    round_1_successes = sum(r["success"] for r in strict.ledger.records if r["round"] == 1)
+    assert round_1_successes > 0
+    assert [r.round for r in train("exact", starts_with_b, round_1_successes).posterior.regions][:2] == [0, 1]
+
+
 def test_torn_ledger_line_is_dropped_on_resume(make_proposal, tokenizer, unconditional_dataset, make_config):
     args = make_config(max_reward_evaluations=100, samples_per_round=50, num_rounds=1)
     trainer = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
@@ -262,6 +292,7 @@ def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dat
         (dict(target_rejection_rate=1.0), "target_rejection_rate"),
         (dict(first_region_rejection_rate=1.0), "first_region_rejection_rate"),
         (dict(reference_model="p_theta"), "reference_model"),
+        (dict(reference_min_successes=-1), "reference_min_successes"),
         (dict(calibration_fraction=0.0), "calibration_fraction"),
         (dict(filter_factor=0.0), "filter_factor"),
         (dict(negative_samples="some"), "negative_samples"),

@@ -12,7 +12,10 @@ from evaluation import encode_queries, posterior_success_rate, region_discrimina
 
 
 class RoundProbe(BanelCallback):
-    """After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC."""
+    """
+    After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
+    round that added no region, see `reference_min_successes`, has no region figures).
+    """
 
     def __init__(self, pool_batches: dict):
         self.pool_batches = pool_batches
@@ -21,15 +24,16 @@ class RoundProbe(BanelCallback):
 
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
         region = trainer.posterior.regions[-1]
+        added = region.round == metrics["round"]
         row = {
-            "round": region.round,
+            "round": metrics["round"],
             "nre": metrics["nre/used"],
             "round_success_rate": metrics["success_rate"],
             "acceptance_rate": metrics["acceptance_rate"],
             "successes": metrics["successes/total"],
-            "threshold": region.threshold,
             "seconds": time.time() - self.start,
-            **region_discrimination(trainer.posterior, self.pool_batches),
+            **({"threshold": region.threshold, **region_discrimination(trainer.posterior, self.pool_batches)}
+               if added else {}),
         }
         self.rounds.append(row)
         print("    " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),

@@ -6,6 +6,7 @@ Summarise `run.py` results: a markdown table per (variant, tag) and a plot of su
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 
@@ -95,8 +96,9 @@ def discrimination_table(results: list[dict]) -> str:
     lines = ["| variant / tag | round | seeds | AUC | successes rejected | failures rejected | posterior acceptance "
              "| success rate of the round's paid samples |", "|---|---|---|---|---|---|---|---|"]
     for (variant, tag, k), rows in sorted(rounds.items()):
-        # A region's AUC is undefined (NaN) once no pool success is left: average over the seeds where it is defined.
-        mean = {key: statistics.mean([r[key] for r in rows if r[key] == r[key]] or [float("nan")])
+        # A region's AUC is undefined (NaN) once no pool success is left, and a round may add no region: average
+        # over the seeds where it is defined.
+        mean = {key: statistics.mean([r[key] for r in rows if not math.isnan(r.get(key, math.nan))] or [math.nan])
                 for key in ("auc", "rejects_successes", "rejects_failures", "acceptance_rate", "round_success_rate")}
         lines.append(f"| {variant}{' / ' + tag if tag else ''} | {k} | {len(rows)} | {mean['auc']:.3f} | "
                      f"{mean['rejects_successes']:.3f} | {mean['rejects_failures']:.3f} | "
@@ -115,8 +117,8 @@ def per_seed_table(results: list[dict], pretrained_mean: float) -> str:
     for result in sorted(results, key=lambda r: (r["tag"], r["seed"])):
         if result["method"] != "banel" or len(result.get("rounds", [])) < 2:
             continue
-        cells = [f"{r['auc']:.2f} ({r['rejects_successes']:.2f} / {r['rejects_failures']:.3f})"
-                 for r in result["rounds"][:2]]
+        cells = [f"{r['auc']:.2f} ({r['rejects_successes']:.2f} / {r['rejects_failures']:.3f})" if "auc" in r
+                 else "no region" for r in result["rounds"][:2]]
         paid = result["rounds"][1]
         gain = result["success_rate"] / pretrained_mean if pretrained_mean > 0 else float("nan")
         improvement = "n/a" if gain != gain else f"{gain:.0f}x" if gain >= 10 else f"{gain:.1f}x"

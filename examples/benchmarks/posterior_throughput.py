@@ -9,7 +9,9 @@ candidates regions 0..k-1 accept), it prints for each K:
   per second at the same batch size, the acceptance rate, and the posterior efficiency
   = accepted/s / (plain samples/s x acceptance): 1.0 means scoring is free and only rejection costs;
 - scoring one batch of candidates with all regions in mixed-adapter forwards, with one pass per region, and with
-  early rejection (`stop_at_rejection=True`: a candidate rejected by a region is not scored under the later ones).
+  early rejection (`stop_at_rejection=True`: a candidate rejected by a region is not scored under the later ones),
+  each including `p_theta`'s forward pass, which `propose` takes from generation's logits instead unless
+  `--score_p_theta_afresh`.
 
 The last line is `posterior_efficiency K=10: <number>`. Timings interleave plain and posterior batches, so load
 from other processes hits both alike.
@@ -26,6 +28,7 @@ from region_scoring import one_pass_per_region
 from transformers import GenerationConfig
 
 from banel_trl import BanelPosterior, RejectionRegion
+from banel_trl import posterior as posterior_module
 from banel_trl.tasks.addition_attack import load_attacker
 
 
@@ -62,7 +65,11 @@ def main():
     parser.add_argument("--prompt_length", type=int, default=1, help="BOS then random tokens: prompt cost of scoring")
     parser.add_argument("--lora_rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--score_p_theta_afresh", action="store_true",
+                        help="score p_theta with a forward pass instead of taking it from generation's logits")
     options = parser.parse_args()
+    if options.score_p_theta_afresh:
+        posterior_module.MAX_GENERATION_LOGITS = 0
 
     torch.manual_seed(options.seed)
     model = load_attacker()

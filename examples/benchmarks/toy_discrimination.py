@@ -44,6 +44,8 @@ class DiscriminationProbe(BanelCallback):
 
     def on_round_end(self, args, state, control, trainer, metrics):
         posterior = trainer.posterior
+        if posterior.regions[-1].round != metrics["round"]:
+            return  # the round added no region (`reference_min_successes`): nothing new to measure
         input_ids = torch.full((self.num_samples, 1), self.tokenizer.bos_token_id)
         proposal = posterior.propose(input_ids, torch.ones_like(input_ids), trainer.generation_config)
         earlier, new = proposal.log_ratios[:, :-1], proposal.log_ratios[:, -1]
@@ -55,7 +57,7 @@ class DiscriminationProbe(BanelCallback):
         success_scores = new[before & success].tolist()
         after = before & ~inside
         row = {
-            "round": len(posterior.regions) - 1,
+            "round": metrics["round"],
             "auc": auc(fail_scores, success_scores),
             "rejects_successes": (inside & before & success).sum().item() / max((before & success).sum().item(), 1),
             "rejects_failures": (inside & before & ~success).sum().item() / max((before & ~success).sum().item(), 1),

@@ -90,7 +90,7 @@ class SuccessRateCurve(BanelCallback):
         self.points = [base]
 
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
-        self.points.append(measure(trainer, self.eval_dataset, round_index=metrics["regions"] - 1,
+        self.points.append(measure(trainer, self.eval_dataset, round_index=metrics["round"],
                                    best=self.points[-1]))
 
 
