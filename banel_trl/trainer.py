@@ -613,9 +613,10 @@ class BanelTrainer(Trainer):
         if num_successes >= args.reference_min_successes:
             return True
         logger.warning(
-            f"Round {k} adds no region: its {num_successes} successes (fewer than `reference_min_successes`="
-            f"{args.reference_min_successes}) are all that would tell its failures from the reference's samples, so "
-            "the region would be fitting noise. Its evaluations stay in the ledger; the posterior is unchanged."
+            f"Round {k} adds no region: it found {num_successes} success(es), fewer than `reference_min_successes`="
+            f"{args.reference_min_successes}, and they are all that would tell its failures from the reference's "
+            "samples, so the region would be fitting noise. Its evaluations stay in the ledger; the posterior is "
+            "unchanged."
         )
         return False
 
