@@ -330,7 +330,9 @@ class BanelPosterior:
         self.model.eval()
         try:
             with self.model.disable_adapter():
-                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+                output = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                )
         finally:
             self.model.train(was_training)
         completion_ids = output.sequences[:, input_ids.size(1) :]
@@ -342,7 +344,8 @@ class BanelPosterior:
             # One generation step at a time, as a single row for TRL's row loop (see `completion_log_probs`).
             steps = zip(output.logits, completion_ids.T, completion_mask.T)
             base_log_probs = sum(
-                selective_log_softmax(logits[None], ids[None], self.temperature)[0] * mask for logits, ids, mask in steps
+                selective_log_softmax(logits[None], ids[None], self.temperature)[0] * mask
+                for logits, ids, mask in steps
             ).float()
         log_ratios = self.log_ratios(
             input_ids, attention_mask, completion_ids, completion_mask, stop_at_rejection=True,
