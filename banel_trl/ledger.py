@@ -104,10 +104,14 @@ class RewardLedger:
     def lookup(self, prompt: Any, completion: Any) -> dict | None:
         return self._by_key.get(sample_key(prompt, completion))
 
+    def paid_in_round(self, round_index: int) -> list[dict]:
+        """Round `round_index`'s paid evaluations: each of its distinct samples once."""
+        return [r for r in self.records if r["round"] == round_index]
+
     def samples_of_round(self, round_index: int) -> list[dict]:
         """Every sample round `round_index` drew and knows the reward of: its paid evaluations and its free repeats."""
-        paid = [r for r in self.records if r["round"] == round_index]
-        return paid + [self.records[line["repeat_of"]] for line in self.repeats if line["round"] == round_index]
+        repeats = [self.records[line["repeat_of"]] for line in self.repeats if line["round"] == round_index]
+        return self.paid_in_round(round_index) + repeats
 
     def lines_of_round(self, round_index: int) -> list[dict]:
         """Round `round_index`'s paid evaluations and free repeats, in the order they were written."""

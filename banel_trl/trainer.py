@@ -609,7 +609,7 @@ class BanelTrainer(Trainer):
         args = self.args
         if args.reference_model != "posterior" or k == 0:
             return True
-        num_successes = sum(r["success"] for r in self.ledger.records if r["round"] == k)  # distinct: paid ones
+        num_successes = sum(r["success"] for r in self.ledger.paid_in_round(k))
         if num_successes >= args.reference_min_successes:
             return True
         logger.warning(
@@ -756,7 +756,7 @@ class BanelTrainer(Trainer):
     def _log_round(
         self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
     ) -> None:
-        this_round = [r for r in self.ledger.records if r["round"] == k]
+        this_round = self.ledger.paid_in_round(k)
         metrics = {
             "round": k,
             "nre/used": self.num_reward_evaluations,

@@ -90,8 +90,13 @@ class SuccessRateCurve(BanelCallback):
         self.points = [base]
 
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
-        self.points.append(measure(trainer, self.eval_dataset, round_index=metrics["round"],
-                                   best=self.points[-1]))
+        if trainer.posterior.regions[-1].round != metrics["round"]:
+            # The round added no region (`reference_min_successes`): the posterior is the one just measured, and
+            # measuring it again would only cost reward calls.
+            point = {**self.points[-1], "round": metrics["round"], "nre_used": trainer.num_reward_evaluations}
+        else:
+            point = measure(trainer, self.eval_dataset, round_index=metrics["round"], best=self.points[-1])
+        self.points.append(point)
 
 
 def measure(trainer: BanelTrainer, eval_dataset: Dataset, round_index: int, best: dict | None) -> dict:
