@@ -2,6 +2,7 @@
 
 from .callbacks import BanelCallback
 from .config import BanelConfig
+from .hub import push_posterior_to_hub
 from .ledger import RewardLedger
 from .posterior import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
 from .trainer import BanelTrainer
@@ -17,4 +18,5 @@ __all__ = [
     "PosteriorAcceptanceError",
     "RejectionRegion",
     "RewardLedger",
+    "push_posterior_to_hub",
 ]

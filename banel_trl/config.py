@@ -19,12 +19,15 @@ class BanelConfig(TrainingArguments):
 
     BaNEL spends a hard budget of reward evaluations (NREs) in rounds. Each round samples candidates from the current
     posterior, pays one NRE per accepted and never-seen candidate, fits a fresh LoRA negative model `p_phi_k` on the
-    failures, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_theta(x) > threshold_k}`.
+    failures, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold_k}`. The reference
+    `p_ref_k` is `p_theta` for round 0 and, from round 1 on with `reference_model="posterior"` (the default), a LoRA
+    fit the same way on unevaluated samples of the posterior the failures came from (with `"proposal"`, `p_theta`).
 
     The optimisation arguments inherited from [`~transformers.TrainingArguments`] (`learning_rate`,
     `num_train_epochs`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `lr_scheduler_type`, `optim`,
     ...) configure the maximum-likelihood fit of each round's negative model: `num_train_epochs` is the number of
     epochs per round, the knob that trades compute for NREs. Names shared with [`~trl.GRPOConfig`] keep their meaning.
+    How the defaults were chosen, with the measurements behind them: docs/results/defaults.md.
 
     Parameters:
         > Budget and rounds
@@ -69,60 +72,49 @@ class BanelConfig(TrainingArguments):
         max_sampling_attempts (`int`, *optional*, defaults to `10000`):
             Bound on rejection sampling: at most this many candidates are proposed per requested sample, in total over
             the samples requested (a round's evaluations, or a call to `generate`). When the posterior accepts less
-            than that, the round ends early (or `generate` raises) with the acceptance rate. At the default rates the
-            final posterior accepts about 5e-4 of the proposals, 2,000 per sample on average.
+            than one in this many, the round ends early (or `generate` raises) with the acceptance rate. Keep it well
+            above `1 / acceptance`, the mean cost of an accepted sample, which the rejection rates set (see
+            `samples_per_round`).
 
         > Negative models and rejection regions
 
         negative_samples (`str`, *optional*, defaults to `"round"`):
             Failures the negative model of round `k` is fit on: `"round"` (this round's only, i.e. samples of the
-            current posterior) or `"all"` (every failure so far). With `reference_model="posterior"`, `"round"`
-            matches the reference's samples: on the addition attack its second region had an AUC of 0.79 against
-            0.72 with `"all"`. Against `p_theta` (`reference_model="proposal"`), `"all"` discriminated better
-            (docs/results/defaults.md).
+            current posterior) or `"all"` (every failure so far). `"round"` matches the samples the reference is fit on
+            (`reference_model="posterior"`); against `p_theta` (`reference_model="proposal"`), `"all"` discriminated
+            better.
         reference_model (`str`, *optional*, defaults to `"posterior"`):
             What the negative model of round `k` is compared with. `"proposal"`: `p_theta`, the paper's ratio
             `p_theta(x) / p_phi_k(x)`. `"posterior"`: from round 1 on, a second LoRA `p_ref_k`, fit the same way on
             as many fresh samples of the posterior the negatives came from; these samples are never evaluated (no NRE,
-            only generations, and none that the ledger knows to be a success). A LoRA cannot represent the posterior's
-            sharp boundaries, so fit on its samples it learns a smooth version of the posterior's shape; against
-            `p_theta` that shape dominates the ratio and the region rejects exactly where the earlier regions kept the
-            successes. `p_ref_k` learns the same shape, so `p_phi_k / p_ref_k` keeps what the failures teach. On the
-            addition attack this turned the second region's AUC from 0.38 into 0.79 (docs/results/addition_attack.md).
-            Round 0's negatives are samples of `p_theta` itself, which is then its own exact reference.
+            only generations, and none that the ledger knows to be a success). A LoRA fit on posterior samples learns a
+            smooth version of the posterior's shape, which against `p_theta` makes the region reject where the earlier
+            regions kept the successes; `p_ref_k` learns the same shape, so `p_phi_k / p_ref_k` keeps what the failures
+            teach (docs/concepts.md). Round 0's negatives are samples of `p_theta` itself, its own exact reference.
         reference_min_successes (`int`, *optional*, defaults to `10`):
             With `reference_model="posterior"`, a round from round 1 on adds its region only if its evaluated samples
-            held at least this many successes. The failures and the reference's samples come from the same posterior
-            and differ by the successes alone: with (almost) none, the ratio of the two LoRAs is fitting noise, and
-            the region rejects successes as often as failures while it divides the acceptance, and so the speed of
-            every later sample, by `1 / (1 - target_rejection_rate)`. On the addition attack without leading zeros,
-            second rounds with 0-2 successes made regions that rejected 91% of the successes left (80-100% by seed)
-            and 90% of the failures; with 74-89 successes (leading zeros allowed) they multiplied the success rate by
-            5-6. The default lies between the two measured regimes. A round without a region keeps its evaluations,
-            which count against the budget.
+            held at least this many successes. Its failures and the reference's samples come from the same posterior
+            and differ by the successes alone: without enough of them the region fits noise, rejects successes as often
+            as failures, and divides the acceptance by `1 / (1 - target_rejection_rate)`. A round without a region
+            keeps its evaluations, which count against the budget.
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):
             Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
         threshold_type (`str`, *optional*, defaults to `"calibrated"`):
             `"calibrated"`: the threshold of region `k` is the `1 - target_rejection_rate` quantile of the log-ratios
             of failures held out of its fit, so that fraction of fresh failures lands inside the region whatever the
-            scale of the log-ratios. `"filter_factor"`: the paper's form, reject when `p_phi_k(x) > filter_factor *
-            p_theta(x)`.
+            scale of the log-ratios. `"filter_factor"`: reject when `p_phi_k(x) > filter_factor * p_ref_k(x)` (the
+            paper's form when `p_ref_k` is `p_theta`).
         target_rejection_rate (`float`, *optional*, defaults to `0.9`):
             With `threshold_type="calibrated"`, the fraction of fresh failures (of the posterior the region was fit
-            on) each region after the first rejects. Scored against the reference (`reference_model="posterior"`),
-            the second region of the addition attack kept 44% of the successes at 0.9 against 93% at 0.5, and end
-            to end BaNEL's gain over the pretrained attacker went from 75x to 241x (docs/results/addition_attack.md).
-            Each such region divides the acceptance by 10: for runs of more than two rounds, lower it (0.5) or raise
-            `max_sampling_attempts`.
+            on) each region after the first rejects. Higher concentrates faster when the regions discriminate, but
+            each region divides the acceptance by `1 / (1 - target_rejection_rate)`: for runs of more than two rounds,
+            lower it (0.5) or raise `max_sampling_attempts`.
         first_region_rejection_rate (`float` or `None`, *optional*, defaults to `0.995`):
             With `threshold_type="calibrated"`, the fraction of fresh failures the first region rejects (`None`: the
-            same as `target_rejection_rate`). The first region is fit on samples of `p_theta` itself, and acts as a
-            typicality filter: it keeps what `p_theta` generates in ways its failures do not. When successes are
-            atypical samples (the addition attack's leading zeros), they lie in the far tail of its log-ratio:
-            rejecting 99.5% of failures kept 6-48% of successes there. When successes look like typical samples
-            (the attack without leading zeros), a deep cut rejects all of them: use 0.5 for such tasks
-            (docs/results/addition_attack.md). The posterior then accepts about
-            `1 - first_region_rejection_rate` of the proposals, which `max_sampling_attempts` must allow.
+            same as `target_rejection_rate`). The first region, fit on samples of `p_theta`, is a typicality filter: a
+            deep cut keeps successes that are atypical samples of `p_theta` and rejects typical-looking ones, so use
+            0.5 when successes may look typical. The posterior then accepts about `1 - first_region_rejection_rate` of
+            the proposals, which `max_sampling_attempts` must allow.
         calibration_fraction (`float`, *optional*, defaults to `0.2`):
             With `threshold_type="calibrated"`, the share of each round's failures held out of the fit to set the
             threshold.
@@ -140,6 +132,15 @@ class BanelConfig(TrainingArguments):
             Log a sample of evaluated completions with their rewards each round.
         num_completions_to_print (`int`, *optional*, defaults to `8`):
             Number of completions logged when `log_completions=True`.
+
+    > [!NOTE]
+    > These parameters have default values different from [`~transformers.TrainingArguments`]:
+    > - `learning_rate`: Defaults to `1e-3` instead of `5e-5`.
+    > - `num_train_epochs`: Defaults to `5.0` instead of `3.0`.
+    > - `per_device_train_batch_size`: Defaults to `64` instead of `8`.
+    > - `logging_steps`: Defaults to `10` instead of `500`.
+    > - `save_strategy`: Defaults to `"no"` instead of `"steps"`.
+    > - `remove_unused_columns`: Defaults to `False` instead of `True`.
     """
 
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
@@ -254,14 +255,17 @@ class BanelConfig(TrainingArguments):
         default=10000,
         metadata={
             "help": "At most this many candidates are proposed per requested sample (in total over the samples "
-            "requested) before giving up."
+            "requested) before the round ends early or generate raises. Keep it above 1 / acceptance."
         },
     )
 
     # Negative models and rejection regions
     negative_samples: str = field(
         default="round",
-        metadata={"help": "Failures each negative model is fit on: 'all' (all so far) or 'round' (this round's)."},
+        metadata={
+            "help": "Failures each negative model is fit on: 'round' (this round's, the samples the reference is fit "
+            "on too) or 'all' (all so far)."
+        },
     )
     reference_model: str = field(
         default="posterior",
@@ -274,7 +278,7 @@ class BanelConfig(TrainingArguments):
         default=10,
         metadata={
             "help": "With reference_model='posterior', a round from round 1 on adds its region only if it found at "
-            "least this many successes: without them its region is fitting noise that only slows sampling."
+            "least this many successes: without them its region fits noise that only slows sampling."
         },
     )
     warm_start_negative_model: bool = field(
@@ -284,19 +288,23 @@ class BanelConfig(TrainingArguments):
     threshold_type: str = field(
         default="calibrated",
         metadata={
-            "help": "'calibrated': threshold = quantile of held-out failures' log-ratios; 'filter_factor': the "
-            "paper's p_phi(x) > filter_factor * p_theta(x)."
+            "help": "'calibrated': threshold = quantile of held-out failures' log-ratios (scale-free); "
+            "'filter_factor': reject when p_phi_k(x) > filter_factor * p_ref_k(x) (the paper's form, with p_theta)."
         },
     )
     target_rejection_rate: float = field(
         default=0.9,
-        metadata={"help": "Calibrated thresholds: fraction of fresh failures each region rejects, in (0, 1)."},
+        metadata={
+            "help": "Calibrated thresholds: fraction of fresh failures each region after the first rejects, in "
+            "(0, 1). Each region divides the acceptance by 1 / (1 - rate): lower it for runs of more than two rounds."
+        },
     )
     first_region_rejection_rate: float | None = field(
         default=0.995,
         metadata={
             "help": "Calibrated thresholds: fraction of fresh failures the first region (fit on p_theta's own "
-            "samples) rejects, in (0, 1); None: target_rejection_rate."
+            "samples) rejects, in (0, 1); None: target_rejection_rate. A deep cut keeps only successes that are "
+            "atypical samples of p_theta: use 0.5 when they may look typical."
         },
     )
     calibration_fraction: float = field(
@@ -305,7 +313,7 @@ class BanelConfig(TrainingArguments):
     )
     filter_factor: float = field(
         default=1.0,
-        metadata={"help": "filter_factor thresholds: reject when p_phi(x) > filter_factor * p_theta(x); > 0."},
+        metadata={"help": "filter_factor thresholds: reject when p_phi_k(x) > filter_factor * p_ref_k(x); > 0."},
     )
     length_normalize: bool = field(
         default=False,
@@ -328,8 +336,15 @@ class BanelConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        positive_ints = ("max_reward_evaluations", "samples_per_round", "num_generations", "generation_batch_size",
-                         "max_completion_length", "max_sampling_attempts", "scoring_batch_size")
+        positive_ints = (
+            "max_reward_evaluations",
+            "samples_per_round",
+            "num_generations",
+            "generation_batch_size",
+            "max_completion_length",
+            "max_sampling_attempts",
+            "scoring_batch_size",
+        )
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")

@@ -1,9 +1,22 @@
 """Prompts in, token ids out: tokenising the dataset's prompts and batching negatives for the fit."""
 
 import torch
+from datasets import IterableDataset
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
+
+
+def check_dataset(dataset, name: str) -> None:
+    """Refuse a dataset BaNEL cannot draw prompts from, naming it (`name`) and what to fix."""
+    if dataset is None:
+        raise ValueError(f"`{name}` is required: BaNEL samples completions for its prompts.")
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty.")
+    if "prompt" not in dataset.column_names:
+        raise ValueError(f"`{name}` must have a 'prompt' column; its columns are {dataset.column_names}.")
 
 
 def tokenize_prompts(

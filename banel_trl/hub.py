@@ -4,22 +4,83 @@ import importlib.resources
 import os
 import shutil
 import tempfile
+import textwrap
 from importlib.metadata import version
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .ledger import LEDGER_NAME
 from .posterior import read_posterior_config
-from .report import REPORT_PLOT_NAME, clopper_pearson, plot_run, read_run
+from .report import REPORT_PLOT_NAME, RunSummary, clopper_pearson, plot_run, read_run
 
 
 MODEL_CARD_TEMPLATE = "banel_model_card.md"
 TAGS = ["trl", "banel"]
+PAPER = {
+    "title": "BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards",
+    "id": "2510.09596",
+    "citation": textwrap.dedent("""\
+        @article{banel2025,
+            title        = {{BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards}},
+            year         = 2025,
+            eprint       = {arXiv:2510.09596},
+        }"""),
+}
 
 
 def _rate(successes: int, samples: int) -> str:
     low, high = clopper_pearson(successes, samples)
     return f"{successes / samples:.2e} [{low:.1e}, {high:.1e}] ({successes}/{samples})"
+
+
+def _run_figures(
+    run: RunSummary, max_reward_evaluations: int | None, max_successes: int
+) -> tuple[list[tuple], list[list], list[str]]:
+    """A run's lines of the card's summary table, rows of its rounds table, and its listed successes."""
+    used = len(run.records)
+    summary = [
+        ("Reward evaluations (NREs) used", f"{used} of {max_reward_evaluations}" if max_reward_evaluations else used),
+        ("Successes found (never trained on)", len(run.successes)),
+    ]
+    sampled = [r for r in run.rounds if r.evaluations + r.repeats]
+    if sampled:
+        first, last = sampled[0], sampled[-1]
+        summary.append(
+            (
+                f"Success rate, round {first.round} (base model)",
+                _rate(first.successes, first.evaluations + first.repeats),
+            )
+        )
+        if last is not first:
+            summary.append(
+                (
+                    f"Success rate, round {last.round} (posterior)",
+                    _rate(last.successes, last.evaluations + last.repeats),
+                )
+            )
+    if "eval_success_rate" in run.eval_metrics:
+        samples = int(run.eval_metrics["eval_num_samples"])
+        summary.append(
+            (
+                "Success rate of the final posterior (evaluation)",
+                _rate(round(run.eval_metrics["eval_success_rate"] * samples), samples),
+            )
+        )
+    rounds = [
+        [
+            r.round,
+            r.evaluations,
+            r.successes,
+            _rate(r.successes, r.evaluations + r.repeats),
+            "–" if r.acceptance_rate is None else f"{r.acceptance_rate:.2e}",
+            "–" if r.threshold is None else f"{r.threshold:.3f}",
+        ]
+        for r in sampled
+    ]
+    successes = [f"round {r['round']}: `{r['completion']!r}`" for r in run.successes[:max_successes]]
+    if len(run.successes) > max_successes:
+        successes.append(f"... and {len(run.successes) - max_successes} more.")
+    return summary, rounds, successes
 
 
 def generate_banel_model_card(
@@ -34,6 +95,8 @@ def generate_banel_model_card(
     wandb_url: str | None = None,
     trackio_url: str | None = None,
     max_successes: int = 10,
+    trainer_name: str = "BaNEL",
+    paper: dict[str, str] | None = None,
 ) -> ModelCard:
     """
     A [`~huggingface_hub.ModelCard`] for a BaNEL posterior, in the style of TRL's `generate_model_card`: the method and
@@ -62,44 +125,24 @@ def generate_banel_model_card(
             Tracking links, as in TRL's cards.
         max_successes (`int`, *optional*, defaults to `10`):
             Successes listed.
+        trainer_name (`str`, *optional*, defaults to `"BaNEL"`):
+            The method's name, as the trainer hands it down (`BanelTrainer._name`).
+        paper (`dict[str, str]`, *optional*):
+            The method's paper, `title`, `id` and `citation`, as the trainer hands it down (`BanelTrainer._paper`);
+            defaults to BaNEL's.
 
     Returns:
         [`~huggingface_hub.ModelCard`]
     """
-    from .trainer import BanelTrainer  # the paper's title, id and citation live with the trainer, as in TRL
-
+    paper = paper or PAPER
     config = read_posterior_config(output_dir)
     base_model = base_model or config["base_model_name_or_path"]
     base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
     summary = [("Base model `p_theta`", f"`{base_model}`"), ("Rejection regions", len(config["regions"]))]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
-        run = read_run(output_dir)
-        used = len(run.records)
-        summary.append(("Reward evaluations (NREs) used",
-                        f"{used} of {max_reward_evaluations}" if max_reward_evaluations else used))
-        summary.append(("Successes found (never trained on)", len(run.successes)))
-        sampled = [r for r in run.rounds if r.evaluations + r.repeats]
-        if sampled:
-            first, last = sampled[0], sampled[-1]
-            summary.append((f"Success rate, round {first.round} (base model)",
-                            _rate(first.successes, first.evaluations + first.repeats)))
-            if last is not first:
-                summary.append((f"Success rate, round {last.round} (posterior)",
-                                _rate(last.successes, last.evaluations + last.repeats)))
-        if "eval_success_rate" in run.eval_metrics:
-            samples = int(run.eval_metrics["eval_num_samples"])
-            summary.append(("Success rate of the final posterior (evaluation)",
-                            _rate(round(run.eval_metrics["eval_success_rate"] * samples), samples)))
-        for r in sampled:
-            rounds.append([
-                r.round, r.evaluations, r.successes, _rate(r.successes, r.evaluations + r.repeats),
-                "–" if r.acceptance_rate is None else f"{r.acceptance_rate:.2e}",
-                "–" if r.threshold is None else f"{r.threshold:.3f}",
-            ])
-        successes = [f"round {r['round']}: `{r['completion']!r}`" for r in run.successes[:max_successes]]
-        if len(run.successes) > max_successes:
-            successes.append(f"... and {len(run.successes) - max_successes} more.")
+        run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
+        summary += run_summary
 
     card_data = ModelCardData(
         base_model=base_model if base_model_on_hub else None,
@@ -124,10 +167,10 @@ def generate_banel_model_card(
         plot_file=plot_file,
         wandb_url=wandb_url,
         trackio_url=trackio_url,
-        trainer_name=BanelTrainer._name,
-        trainer_citation=BanelTrainer._paper["citation"],
-        paper_title=BanelTrainer._paper["title"],
-        paper_id=BanelTrainer._paper["id"],
+        trainer_name=trainer_name,
+        trainer_citation=paper["citation"],
+        paper_title=paper["title"],
+        paper_id=paper["id"],
         banel_trl_version=version("banel_trl"),
         trl_version=version("trl"),
         transformers_version=version("transformers"),
@@ -167,7 +210,22 @@ def push_posterior_to_hub(
     """
     Upload a posterior to the Hub: every region's adapter, `banel_posterior.json` (the thresholds), the tokenizer if
     given, and a model card. With `run_dir` (the run's `output_dir`), the card reports the NREs, successes and success
-    rates of the run, with its plot. See [`BanelPosterior.push_to_hub`].
+    rates of the run, with its plot, and the ledger is uploaded too. Load it back with
+    [`~BanelPosterior.from_pretrained`] on a download of the repository.
+
+    Args:
+        posterior ([`BanelPosterior`]):
+            The posterior to publish: every region's adapter and `banel_posterior.json` (the thresholds).
+        repo_id (`str`):
+            The Hub repository, created if needed.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Uploaded beside the adapters.
+        run_dir (`str`, *optional*):
+            The run's `output_dir`, for the card's figures and the ledger.
+        commit_message, private, token, revision:
+            As in [`~huggingface_hub.HfApi.upload_folder`] and [`~huggingface_hub.HfApi.create_repo`].
+        dataset_name (`str`, *optional*):
+            Hub id of the prompts' dataset, for the card.
 
     Returns:
         [`~huggingface_hub.CommitInfo`]: the upload's commit.
@@ -197,6 +255,4 @@ def push_posterior_to_hub(
             plot_file=plot_file,
         )
         card.save(os.path.join(folder, "README.md"))
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision
-        )
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)

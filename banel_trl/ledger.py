@@ -66,6 +66,21 @@ class RewardLedger:
         ledger.extend(lines)
         return ledger
 
+    @classmethod
+    def read(cls, output_dir: str) -> "RewardLedger":
+        """
+        A read-only copy of the ledger in `output_dir`, read without its lock, so that a run still in progress can be
+        reported on: its complete lines (a torn last line, still being written or left by a crash, is skipped).
+        """
+        path = os.path.join(output_dir, LEDGER_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{output_dir} has no {LEDGER_NAME}: it is not the output_dir of a BaNEL run.")
+        with open(path, "rb") as file:
+            lines = file.read().split(b"\n")[:-1]
+        ledger = cls.replica([json.loads(line) for line in lines])
+        ledger.path = path
+        return ledger
+
     def _reset(self) -> None:
         self.lines: list[dict] = []  # every line, in file order
         self.records: list[dict] = []  # the paid evaluations; `records[i]["index"] == i`
@@ -108,10 +123,17 @@ class RewardLedger:
         """Round `round_index`'s paid evaluations: each of its distinct samples once."""
         return [r for r in self.records if r["round"] == round_index]
 
+    def repeated_in_round(self, round_index: int) -> list[dict]:
+        """The paid evaluations round `round_index` drew again as free repeats, once per repeat."""
+        return [self.records[line["repeat_of"]] for line in self.repeats if line["round"] == round_index]
+
     def samples_of_round(self, round_index: int) -> list[dict]:
         """Every sample round `round_index` drew and knows the reward of: its paid evaluations and its free repeats."""
-        repeats = [self.records[line["repeat_of"]] for line in self.repeats if line["round"] == round_index]
-        return self.paid_in_round(round_index) + repeats
+        return self.paid_in_round(round_index) + self.repeated_in_round(round_index)
+
+    def replay(self, round_index: int) -> "RoundReplay":
+        """What round `round_index` wrote before an interruption, for the resumed round to meet again."""
+        return RoundReplay(self.lines_of_round(round_index))
 
     def lines_of_round(self, round_index: int) -> list[dict]:
         """Round `round_index`'s paid evaluations and free repeats, in the order they were written."""
@@ -165,3 +187,34 @@ class RewardLedger:
         """Close the file and release its lock; the records stay readable."""
         if not self.closed:
             self._file.close()
+
+
+class RoundReplay:
+    """
+    The evaluations and free repeats a round wrote before an interruption. The resumed round samples again from its
+    seed and so draws the same candidates in the same order: each is met again here and reused, never paid or recorded
+    twice. `pending` holds the indices of the paid evaluations not met again yet.
+    """
+
+    def __init__(self, lines: list[dict]):
+        self.pending = {line["index"] for line in lines if "repeat_of" not in line}
+        self._repeats = sum("repeat_of" in line for line in lines)
+
+    def meets(self, record: dict | None) -> bool:
+        """Whether `record` (a candidate's ledger record, or None) is a paid evaluation met again: it counts once."""
+        if record is None or record["index"] not in self.pending:
+            return False
+        self.pending.discard(record["index"])
+        return True
+
+    def abandon(self) -> int:
+        """Stop waiting for the pending evaluations (they stay the round's); returns how many there were."""
+        num_pending = len(self.pending)
+        self.pending.clear()
+        return num_pending
+
+    def unwritten_repeats(self, indices: list[int]) -> list[int]:
+        """Of a batch's free repeats, in order, those not already written before the interruption."""
+        replayed = min(len(indices), self._repeats)
+        self._repeats -= replayed
+        return indices[replayed:]

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, load_peft_weights
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from trl.trainer.utils import pad, selective_log_softmax
 
@@ -20,6 +20,7 @@ LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_lo
 MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
 MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
+SAMPLER_SETTINGS = ("temperature", "length_normalize", "scoring_batch_size", "max_sampling_attempts")
 
 
 class PosteriorAcceptanceError(RuntimeError):
@@ -71,6 +72,16 @@ def read_regions(path: str) -> list[RejectionRegion]:
     return [RejectionRegion(**region) for region in read_posterior_config(path)["regions"]]
 
 
+def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
+    """The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name."""
+    regions = read_regions(path)
+    weights = [
+        {name: load_peft_weights(os.path.join(path, name), device="cpu") for name in region.adapter_names}
+        for region in regions
+    ]
+    return regions, weights
+
+
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
     """1 for every completion token up to and including the first EOS, 0 after it."""
     is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=completion_ids.device))
@@ -110,7 +121,7 @@ def completion_log_probs(
     rows_per_block = max(1, LOG_SOFTMAX_BLOCK_SIZE // logits[0].numel())
     token_log_probs = [
         selective_log_softmax(block.reshape(1, -1, block.size(-1)), ids.reshape(1, -1), temperature).view_as(ids)
-        for block, ids in zip(logits.split(rows_per_block), completion_ids.split(rows_per_block))
+        for block, ids in zip(logits.split(rows_per_block), completion_ids.split(rows_per_block), strict=True)
     ]
     return torch.cat(token_log_probs) * completion_mask
 
@@ -137,8 +148,9 @@ class BanelPosterior:
         scoring_batch_size (`int`, *optional*, defaults to `64`):
             Rows per forward pass when scoring; a candidate takes one row for `p_theta` and one per region it is
             scored under.
-        max_sampling_attempts (`int`, *optional*, defaults to `100`):
-            Candidates proposed per requested sample before [`~BanelPosterior.generate`] gives up.
+        max_sampling_attempts (`int`, *optional*, defaults to `10000`):
+            Bound on [`~BanelPosterior.generate`]: at most this many candidates per requested sample, in total over the
+            samples requested, before it gives up (as `BanelConfig.max_sampling_attempts`).
         generation_config ([`~transformers.GenerationConfig`], *optional*):
             Default sampling settings of [`~BanelPosterior.generate`]; defaults to the model's.
     """
@@ -150,7 +162,7 @@ class BanelPosterior:
         temperature: float = 1.0,
         length_normalize: bool = False,
         scoring_batch_size: int = 64,
-        max_sampling_attempts: int = 100,
+        max_sampling_attempts: int = 10000,
         generation_config: GenerationConfig | None = None,
     ):
         self.model = model
@@ -223,7 +235,7 @@ class BanelPosterior:
                     base_log_probs, log_probs = log_probs[0], log_probs[1:]
                 else:
                     log_probs = self._sequence_log_probs(names, alive, *inputs)
-                scored = {BASE_ADAPTER: base_log_probs[alive], **dict(zip(names, log_probs))}
+                scored = {BASE_ADAPTER: base_log_probs[alive], **dict(zip(names, log_probs, strict=True))}
                 stage_ratios = torch.stack(
                     [scored[regions[k].adapter_name] - scored[regions[k].reference_adapter] for k in stage], dim=1
                 )
@@ -321,8 +333,8 @@ class BanelPosterior:
         output_embeddings = self.model.get_output_embeddings().weight
         max_new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
         num_logits = input_ids.size(0) * max_new_tokens * output_embeddings.size(0)
-        keep_logits = bool(self.regions) and output_embeddings.dtype == torch.float32 and (
-            num_logits <= MAX_GENERATION_LOGITS
+        keep_logits = (
+            bool(self.regions) and output_embeddings.dtype == torch.float32 and (num_logits <= MAX_GENERATION_LOGITS)
         )
         config = copy.deepcopy(generation_config)
         config.output_logits, config.return_dict_in_generate = keep_logits, True
@@ -342,13 +354,17 @@ class BanelPosterior:
         base_log_probs = None
         if keep_logits:
             # One generation step at a time, as a single row for TRL's row loop (see `completion_log_probs`).
-            steps = zip(output.logits, completion_ids.T, completion_mask.T)
+            steps = zip(output.logits, completion_ids.T, completion_mask.T, strict=True)
             base_log_probs = sum(
                 selective_log_softmax(logits[None], ids[None], self.temperature)[0] * mask
                 for logits, ids, mask in steps
             ).float()
         log_ratios = self.log_ratios(
-            input_ids, attention_mask, completion_ids, completion_mask, stop_at_rejection=True,
+            input_ids,
+            attention_mask,
+            completion_ids,
+            completion_mask,
+            stop_at_rejection=True,
             base_log_probs=base_log_probs,
         )
         return Proposal(
@@ -436,8 +452,8 @@ class BanelPosterior:
             shutil.rmtree(staging)
         config = {
             "regions": [asdict(region) for region in self.regions],
-            "temperature": self.temperature,
-            "length_normalize": self.length_normalize,
+            **{name: getattr(self, name) for name in SAMPLER_SETTINGS},
+            "generation_config": self.generation_config.to_diff_dict(),
             "base_model_name_or_path": self.model.get_base_model().config._name_or_path,
         }
         temporary = os.path.join(save_directory, POSTERIOR_CONFIG_NAME + ".tmp")
@@ -446,34 +462,6 @@ class BanelPosterior:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, os.path.join(save_directory, POSTERIOR_CONFIG_NAME))
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        tokenizer=None,
-        run_dir: str | None = None,
-        commit_message: str = "Upload BaNEL posterior",
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        dataset_name: str | None = None,
-    ):
-        """
-        Upload the posterior to the Hub repository `repo_id` (created if needed): what
-        [`~BanelPosterior.save_pretrained`] writes (every region's adapter, the thresholds), the `tokenizer` if given,
-        and a model card in TRL's style. With `run_dir`, the run's `output_dir`, the card also reports the reward
-        evaluations used, the successes and the success rate of every round, with the per-round plot, and the ledger
-        is uploaded too. Load it back with [`~BanelPosterior.from_pretrained`] on a download of the repository.
-
-        Returns:
-            [`~huggingface_hub.CommitInfo`]: the upload's commit.
-        """
-        from .hub import push_posterior_to_hub
-
-        return push_posterior_to_hub(
-            self, repo_id, tokenizer=tokenizer, run_dir=run_dir, commit_message=commit_message, private=private,
-            token=token, revision=revision, dataset_name=dataset_name,
-        )
 
     @classmethod
     def from_pretrained(
@@ -496,5 +484,8 @@ class BanelPosterior:
         if not isinstance(model, PeftModel):
             raise ValueError(f"{pretrained_path} holds no region: there is no adapter to load.")
         model.eval()
-        settings = {"temperature": config["temperature"], "length_normalize": config["length_normalize"]}
+        # Folders saved before a setting was recorded fall back to the constructor's default for it.
+        settings = {name: config[name] for name in SAMPLER_SETTINGS if name in config}
+        if "generation_config" in config:
+            settings["generation_config"] = GenerationConfig.from_dict(config["generation_config"])
         return cls(model, regions, **{**settings, **kwargs})

@@ -9,7 +9,7 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .data import NegativesCollator, tokenize_prompts
-from .ledger import LEDGER_NAME
+from .ledger import LEDGER_NAME, RewardLedger
 from .posterior import POSTERIOR_CONFIG_NAME, BanelPosterior, read_posterior_config
 
 
@@ -82,13 +82,6 @@ class RunSummary:
         return [r for r in self.records if not r["success"]]
 
 
-def read_ledger_lines(path: str) -> list[dict]:
-    """The complete lines of a ledger, read only (a torn last line of a crashed or running run is skipped)."""
-    with open(path, "rb") as file:
-        lines = file.read().split(b"\n")[:-1]
-    return [json.loads(line) for line in lines]
-
-
 def read_run(output_dir: str) -> RunSummary:
     """
     Summarise the run in `output_dir` from its ledger (`banel_ledger.jsonl`), and, where present, the per-round
@@ -102,13 +95,7 @@ def read_run(output_dir: str) -> RunSummary:
     Returns:
         [`RunSummary`]
     """
-    ledger_path = os.path.join(output_dir, LEDGER_NAME)
-    if not os.path.isfile(ledger_path):
-        raise FileNotFoundError(f"{output_dir} has no {LEDGER_NAME}: it is not the output_dir of a BaNEL run.")
-    lines = read_ledger_lines(ledger_path)
-    records = [line for line in lines if "repeat_of" not in line and "end" not in line]
-    repeats = [line for line in lines if "repeat_of" in line]
-    round_ends = {line["round"]: line["end"] for line in lines if "end" in line}
+    ledger = RewardLedger.read(output_dir)
 
     logged, eval_metrics = {}, {}
     state_path = os.path.join(output_dir, TRAINER_STATE_NAME)
@@ -120,31 +107,32 @@ def read_run(output_dir: str) -> RunSummary:
                 eval_metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
 
     rounds, total_evaluations, total_successes = [], 0, 0
-    for k in sorted({r["round"] for r in lines}):
-        paid = [r for r in records if r["round"] == k]
-        repeated = [records[line["repeat_of"]] for line in repeats if line["round"] == k]
+    for k in sorted({line["round"] for line in ledger.lines}):
+        paid, repeated = ledger.paid_in_round(k), ledger.repeated_in_round(k)
         total_evaluations += len(paid)
         total_successes += sum(r["success"] for r in paid)
         metrics = logged.get(k, {})
         acceptance_rate = metrics.get("acceptance_rate")
-        end = round_ends.get(k, {})
+        end = ledger.round_ends.get(k, {})
         if acceptance_rate is None and end.get("proposed"):
             acceptance_rate = end["accepted"] / end["proposed"]
-        rounds.append(RoundSummary(
-            round=k,
-            evaluations=len(paid),
-            successes=sum(r["success"] for r in paid + repeated),
-            repeats=len(repeated),
-            cumulative_evaluations=total_evaluations,
-            cumulative_successes=total_successes,
-            acceptance_rate=acceptance_rate,
-            negative_loss=metrics.get("negative_loss"),
-            threshold=metrics.get("threshold"),
-        ))
+        rounds.append(
+            RoundSummary(
+                round=k,
+                evaluations=len(paid),
+                successes=sum(r["success"] for r in paid + repeated),
+                repeats=len(repeated),
+                cumulative_evaluations=total_evaluations,
+                cumulative_successes=total_successes,
+                acceptance_rate=acceptance_rate,
+                negative_loss=metrics.get("negative_loss"),
+                threshold=metrics.get("threshold"),
+            )
+        )
     posterior_config = None
     if os.path.isfile(os.path.join(output_dir, POSTERIOR_CONFIG_NAME)):
         posterior_config = read_posterior_config(output_dir)
-    return RunSummary(output_dir, records, repeats, rounds, posterior_config, eval_metrics)
+    return RunSummary(output_dir, ledger.records, ledger.repeats, rounds, posterior_config, eval_metrics)
 
 
 def plot_run(run: RunSummary, path: str) -> str:
@@ -180,12 +168,18 @@ def plot_run(run: RunSummary, path: str) -> str:
     ):
         points = [(r.round, getattr(r, name)) for r in run.rounds if getattr(r, name) is not None]
         if points:
-            ax.plot(*zip(*points), "o-", color="tab:red")
+            ax.plot(*zip(*points, strict=True), "o-", color="tab:red")
             if log_scale and all(value > 0 for _, value in points):
                 ax.set_yscale("log")
         else:
-            ax.text(0.5, 0.5, f"no {name} logged\n({TRAINER_STATE_NAME} missing)", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                f"no {name} logged\n({TRAINER_STATE_NAME} missing)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         ax.set(title=title, xlabel="round")
     for ax in axes.flat:
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -210,7 +204,8 @@ def failure_patterns(
     seed: int = 0,
 ) -> list[dict]:
     """
-    What each region rejects: the paid failures ranked by the region's score `log p_phi_k(x) - log p_theta(x)`.
+    What each region rejects: the paid failures ranked by the region's score `log p_phi_k(x) - log p_ref_k(x)` (its
+    reference `p_ref_k` is `p_theta` or a model of the posterior the failures came from, see [`RejectionRegion`]).
 
     Args:
         run ([`RunSummary`]):
@@ -242,26 +237,30 @@ def failure_patterns(
     for start in range(0, len(failures), posterior.scoring_batch_size):
         chunk = failures[start : start + posterior.scoring_batch_size]
         prompt_ids = tokenize_prompts([r["prompt"] for r in chunk], tokenizer)
-        batch = collator([
-            {"prompt_ids": ids, "completion_ids": r["completion_ids"]} for ids, r in zip(prompt_ids, chunk)
-        ])
+        batch = collator(
+            [
+                {"prompt_ids": ids, "completion_ids": r["completion_ids"]}
+                for ids, r in zip(prompt_ids, chunk, strict=True)
+            ]
+        )
         scores.append(posterior.log_ratios(**{key: value.to(device) for key, value in batch.items()}).cpu())
     scores = torch.cat(scores)
+
+    def entry(i: int, k: int) -> dict:
+        return {"prompt": failures[i]["prompt"], "completion": failures[i]["completion"], "score": float(scores[i, k])}
+
     patterns = []
     for k, region in enumerate(posterior.regions):
         order = scores[:, k].argsort(descending=True).tolist()
-
-        def entry(i):
-            return {"prompt": failures[i]["prompt"], "completion": failures[i]["completion"],
-                    "score": float(scores[i, k])}
-
-        patterns.append({
-            "round": region.round,
-            "threshold": region.threshold,
-            "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
-            "most_likely": [entry(i) for i in order[:top_k]],
-            "least_likely": [entry(i) for i in order[::-1][:top_k]],
-        })
+        patterns.append(
+            {
+                "round": region.round,
+                "threshold": region.threshold,
+                "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
+                "most_likely": [entry(i, k) for i in order[:top_k]],
+                "least_likely": [entry(i, k) for i in order[::-1][:top_k]],
+            }
+        )
     return patterns
 
 
@@ -271,8 +270,38 @@ def _shorten(value, width: int = 100) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def format_report(run: RunSummary, patterns: list[dict] | None = None, plot_path: str | None = None,
-                  max_successes: int = 20) -> str:
+def _patterns_section(patterns: list[dict]) -> list[str]:
+    """The report's section on what each region rejects (see [`failure_patterns`])."""
+    lines = [
+        "## What the regions reject",
+        "",
+        "Failures ranked by each region's score `log p_phi_k(x) - log p_ref_k(x)` (`p_ref_k`: `p_theta`, or from "
+        "round 1 on by default a model of the posterior the failures came from): the region rejects what scores "
+        "above its threshold. The most likely failures are the pattern the negative model learned; the least "
+        "likely are failures it does not cover.",
+        "",
+    ]
+    for pattern in patterns:
+        lines += [
+            f"### Region {pattern['round']} (threshold {pattern['threshold']:.3f}, rejects "
+            f"{pattern['rejected_share']:.0%} of the scored failures)",
+            "",
+            f"| most likely under p_phi_{pattern['round']} (vs p_ref_{pattern['round']}) | score | least likely | "
+            "score |",
+            "|---|---|---|---|",
+        ]
+        for most, least in zip(pattern["most_likely"], pattern["least_likely"], strict=True):
+            lines.append(
+                f"| {_shorten(most['completion'], 60)} | {most['score']:.2f} | "
+                f"{_shorten(least['completion'], 60)} | {least['score']:.2f} |"
+            )
+        lines.append("")
+    return lines
+
+
+def format_report(
+    run: RunSummary, patterns: list[dict] | None = None, plot_path: str | None = None, max_successes: int = 20
+) -> str:
     """The run as Markdown: a table of rounds, the successes found, and the failure patterns of each region."""
     lines = [f"# BaNEL run report: `{run.output_dir}`", ""]
     if plot_path is not None:
@@ -303,8 +332,10 @@ def format_report(run: RunSummary, patterns: list[dict] | None = None, plot_path
     lines += ["## Successes", ""]
     if run.successes:
         for r in run.successes[:max_successes]:
-            lines.append(f"- round {r['round']}, reward {r['reward']}: {_shorten(r['completion'])} "
-                         f"(prompt {_shorten(r['prompt'], 60)})")
+            lines.append(
+                f"- round {r['round']}, reward {r['reward']}: {_shorten(r['completion'])} "
+                f"(prompt {_shorten(r['prompt'], 60)})"
+            )
         if len(run.successes) > max_successes:
             lines.append(f"- ... and {len(run.successes) - max_successes} more in `{LEDGER_NAME}`.")
     else:
@@ -312,26 +343,7 @@ def format_report(run: RunSummary, patterns: list[dict] | None = None, plot_path
     lines.append("")
 
     if patterns:
-        lines += [
-            "## What the regions reject",
-            "",
-            "Failures ranked by each region's score `log p_phi_k(x) - log p_theta(x)`: the region rejects what scores "
-            "above its threshold. The most likely failures are the pattern the negative model learned; the least "
-            "likely are failures it does not cover.",
-            "",
-        ]
-        for pattern in patterns:
-            lines += [
-                f"### Region {pattern['round']} (threshold {pattern['threshold']:.3f}, rejects "
-                f"{pattern['rejected_share']:.0%} of the scored failures)",
-                "",
-                f"| most likely under p_phi_{pattern['round']} (vs p_theta) | score | least likely | score |",
-                "|---|---|---|---|",
-            ]
-            for most, least in zip(pattern["most_likely"], pattern["least_likely"]):
-                lines.append(f"| {_shorten(most['completion'], 60)} | {most['score']:.2f} | "
-                             f"{_shorten(least['completion'], 60)} | {least['score']:.2f} |")
-            lines.append("")
+        lines += _patterns_section(patterns)
     return "\n".join(lines)
 
 
@@ -376,8 +388,10 @@ def write_report(
             from transformers import AutoTokenizer
 
             has_tokenizer = os.path.isfile(os.path.join(output_dir, "tokenizer_config.json"))
-            source = output_dir if has_tokenizer else (
-                model_name_or_path or run.posterior_config["base_model_name_or_path"]
+            source = (
+                output_dir
+                if has_tokenizer
+                else (model_name_or_path or run.posterior_config["base_model_name_or_path"])
             )
             tokenizer = AutoTokenizer.from_pretrained(source)
         found = failure_patterns(run, posterior, tokenizer, num_failures=num_failures, top_k=top_k)

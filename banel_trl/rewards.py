@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .data import decode_completions
+
 
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
@@ -122,12 +124,32 @@ def _raised(name: str, error: BaseException, prompts: list, completions: list) -
 @torch.inference_mode()
 def _reward_model_scores(model: nn.Module, tokenizer, prompts: list, completions: list) -> list[float]:
     if isinstance(prompts[0], list):  # conversational
-        texts = [tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions)]
+        texts = [
+            tokenizer.apply_chat_template(p + c, tokenize=False) for p, c in zip(prompts, completions, strict=True)
+        ]
     else:
-        texts = [p + c for p, c in zip(prompts, completions)]
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
     inputs = inputs.to(model.device)
     return model(**inputs).logits[:, 0].tolist()
+
+
+def _await_all(pending: dict[int, Any], names: list[str], prompts: list, completions: list) -> dict[int, Any]:
+    """
+    Run the started async reward calls `pending` (function index -> coroutine) concurrently. Every call runs to
+    completion (it is being paid for) before an error is raised.
+    """
+
+    async def gather():
+        return await asyncio.gather(*pending.values(), return_exceptions=True)
+
+    results = dict(zip(pending, asyncio.run(gather()), strict=True))
+    for i, outputs in results.items():
+        if isinstance(outputs, BaseException):
+            if not isinstance(outputs, Exception):
+                raise outputs
+            raise _raised(names[i], outputs, prompts, completions) from outputs
+    return results
 
 
 def call_reward_funcs(
@@ -158,12 +180,12 @@ def call_reward_funcs(
             problems.setdefault(index, []).append(f"reward function {names[i]!r} returned {problem}")
 
     pending_async = {}
-    for i, (reward_func, tokenizer) in enumerate(zip(reward_funcs, reward_processing_classes)):
+    for i, (reward_func, tokenizer) in enumerate(zip(reward_funcs, reward_processing_classes, strict=True)):
         try:
             if isinstance(reward_func, nn.Module):
                 outputs = _reward_model_scores(reward_func, tokenizer, prompts, completions)
-            elif inspect.iscoroutinefunction(reward_func) or inspect.iscoroutinefunction(
-                getattr(reward_func, "__call__", None)
+            elif inspect.iscoroutinefunction(reward_func) or (
+                callable(reward_func) and inspect.iscoroutinefunction(type(reward_func).__call__)
             ):
                 pending_async[i] = reward_func(
                     prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs
@@ -181,19 +203,9 @@ def call_reward_funcs(
                 raise
             raise _raised(names[i], error, prompts, completions) from error
     if pending_async:
-        async def gather():
-            # Every started call runs to completion (it is being paid for) before an error is raised.
-            return await asyncio.gather(*pending_async.values(), return_exceptions=True)
-
-        results = dict(zip(pending_async, asyncio.run(gather())))
-        for i, outputs in results.items():
-            if isinstance(outputs, BaseException):
-                if not isinstance(outputs, Exception):
-                    raise outputs
-                raise _raised(names[i], outputs, prompts, completions) from outputs
-        for i, outputs in results.items():
+        for i, outputs in _await_all(pending_async, names, prompts, completions).items():
             check(i, outputs)
-    rows = [list(row) for row in zip(*columns)]
+    rows = [list(row) for row in zip(*columns, strict=True)]
     if problems:
         first = min(problems)
         raise RewardFunctionError(
@@ -206,7 +218,85 @@ def call_reward_funcs(
     return rows
 
 
+def check_reward_weights(reward_weights: list[float] | None, num_reward_funcs: int) -> list[float]:
+    """GRPO's `reward_weights`, one per reward function; 1 for each when `None`."""
+    if reward_weights is not None and len(reward_weights) != num_reward_funcs:
+        raise ValueError(
+            f"Number of reward weights ({len(reward_weights)}) must match number of reward functions "
+            f"({num_reward_funcs})."
+        )
+    return reward_weights or [1.0] * num_reward_funcs
+
+
 def weighted_reward(rewards: list[float | None], weights: list[float]) -> float | None:
     """GRPO's combination: the weighted sum over the functions that gave a reward; None if none did."""
-    given = [(r, w) for r, w in zip(rewards, weights) if r is not None]
+    given = [(r, w) for r, w in zip(rewards, weights, strict=True) if r is not None]
     return sum(r * w for r, w in given) if given else None
+
+
+class RewardEvaluator:
+    """
+    A run's reward functions, called as [`~trl.GRPOTrainer`] calls them, and the success test on their weighted sum.
+
+    Args:
+        reward_funcs (`list`):
+            Callables under TRL's contract, or sequence-classification reward models.
+        reward_processing_classes (`list`):
+            The reward models' tokenizers (None for callables).
+        reward_weights (`list[float]`):
+            One weight per function, as GRPO's `reward_weights`.
+        success_threshold (`float`):
+            A sample succeeds when its weighted reward reaches it.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Decodes the completions handed to the functions.
+        conversational (`bool`):
+            Whether completions are handed over as assistant messages (conversational prompts) or as text.
+        device (`torch.device`):
+            Where the run's random state lives (see [`~RewardEvaluator.__call__`]).
+    """
+
+    def __init__(
+        self,
+        reward_funcs: list,
+        reward_processing_classes: list,
+        reward_weights: list[float],
+        success_threshold: float,
+        tokenizer: PreTrainedTokenizerBase,
+        conversational: bool,
+        device: torch.device,
+    ):
+        self.reward_funcs = reward_funcs
+        self.reward_processing_classes = reward_processing_classes
+        self.reward_weights = reward_weights
+        self.success_threshold = success_threshold
+        self.tokenizer = tokenizer
+        self.conversational = conversational
+        self.device = device
+
+    def __call__(
+        self, examples: list[dict], completion_ids: list[list[int]], trainer_state=None
+    ) -> list[list[float | None]]:
+        """
+        The reward functions on a batch, with TRL's arguments: prompts, completions, ids, `trainer_state` and the
+        examples' other columns; see [`call_reward_funcs`]. They run on a fork of torch's random state: whatever they
+        draw (a reward that samples from a model, say) leaves the run's own draws unchanged, so a resumed run, which
+        does not call them again for recorded batches, still samples what the uninterrupted run did.
+        """
+        devices = [] if self.device.type == "cpu" else [self.device]
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            return call_reward_funcs(
+                self.reward_funcs,
+                self.reward_processing_classes,
+                [example["prompt"] for example in examples],
+                decode_completions(completion_ids, self.tokenizer, self.conversational),
+                completion_ids,
+                trainer_state=trainer_state,
+                **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
+            )
+
+    def reward(self, rewards: list[float | None]) -> float | None:
+        """The weighted reward of one sample's row of rewards (see [`weighted_reward`])."""
+        return weighted_reward(rewards, self.reward_weights)
+
+    def is_success(self, reward: float | None) -> bool:
+        return reward is not None and reward >= self.success_threshold

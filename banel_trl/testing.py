@@ -3,7 +3,7 @@
 import random
 
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 
@@ -15,13 +15,41 @@ CHAT_TEMPLATE = (
 )
 
 
+def character_tokenizer(
+    characters: list[str], special_tokens: dict[str, str], fuse_decoder: bool = False, **tokenizer_kwargs
+) -> PreTrainedTokenizerFast:
+    """
+    A character-level tokenizer built offline: one token per character, and the special tokens.
+
+    Ids are the special tokens first, in the order of `special_tokens`, then `characters` in order. Any other character
+    maps to the unknown token. No special token is added by encoding itself, and padding is on the left (for
+    generation).
+
+    Args:
+        characters (`list[str]`):
+            The vocabulary's characters, in id order, without repeats.
+        special_tokens (`dict[str, str]`):
+            The special tokens by role, e.g. `{"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
+            "unk_token": "<unk>"}`; `"unk_token"` is required.
+        fuse_decoder (`bool`, *optional*, defaults to `False`):
+            Decode tokens joined with nothing between them (`"ab"`) instead of with spaces (`"a b"`).
+        **tokenizer_kwargs:
+            Further arguments of [`~transformers.PreTrainedTokenizerFast`], e.g. `model_max_length`.
+
+    Returns:
+        [`~transformers.PreTrainedTokenizerFast`]
+    """
+    vocab = {token: i for i, token in enumerate([*special_tokens.values(), *characters])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=special_tokens["unk_token"]))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    if fuse_decoder:
+        backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **special_tokens, **tokenizer_kwargs)
+
+
 def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     """One token per character of `alphabet` (plus `|` and `=` for the chat template) and pad/bos/eos/unk."""
-    characters = sorted(set(alphabet) | {"|", "="})
-    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS.values(), *characters])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **SPECIAL_TOKENS)
+    tokenizer = character_tokenizer(sorted(set(alphabet) | {"|", "="}), SPECIAL_TOKENS)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

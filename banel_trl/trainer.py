@@ -3,26 +3,16 @@
 import logging
 import math
 import os
-import random
-import textwrap
-from collections.abc import Iterator
 
-import torch
-from accelerate.utils import broadcast_object_list
-from datasets import Dataset, IterableDataset
+from datasets import Dataset
 from peft import (
-    LoraConfig,
     PeftConfig,
     PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
-    load_peft_weights,
     set_peft_model_state_dict,
 )
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -34,37 +24,29 @@ from transformers.trainer_utils import TrainOutput
 from trl.data_utils import is_conversational
 
 from .callbacks import BanelCallback
+from .collect import RoundCollector
 from .config import BanelConfig
-from .data import NegativesCollator, decode_completions, pad_prompts, tokenize_prompts
-from .ledger import RewardLedger, sample_key
+from .data import NegativesCollator, check_dataset
+from .distributed import on_main_process
+from .hub import PAPER, TAGS, write_model_card
+from .ledger import RewardLedger
+from .models import default_peft_config, load_proposal, load_tokenizer, reference_adapter_name, region_adapter_name
 from .posterior import (
     BASE_ADAPTER,
     POSTERIOR_CONFIG_NAME,
     BanelPosterior,
-    Proposal,
     RejectionRegion,
     completion_log_probs,
-    read_regions,
+    read_region_weights,
 )
-from .rewards import RewardFunc, RewardFunctionError, call_reward_funcs, load_reward_funcs, weighted_reward
+from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs
+from .sampling import CandidateSampler, generation_config
+from .thresholds import calibrated_threshold, hold_out_calibration
 
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_SEED_OFFSET = 1_000_003  # reference samples of round k come from their own stream, not round k's
-
-
-def region_adapter_name(round_index: int) -> str:
-    return f"region_{round_index}"
-
-
-def reference_adapter_name(round_index: int) -> str:
-    return f"reference_{round_index}"
-
-
-def default_peft_config() -> LoraConfig:
-    """The negative model's LoRA when none is given: every linear layer, rank 16."""
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
 class BanelTrainer(Trainer):
@@ -136,18 +118,9 @@ class BanelTrainer(Trainer):
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: let the Trainer scale it
-    _tag_names = ["trl", "banel"]
+    _tag_names = TAGS
     _name = "BaNEL"
-    _paper = {
-        "title": "BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards",
-        "id": "2510.09596",
-        "citation": textwrap.dedent("""\
-            @article{banel2025,
-                title        = {{BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards}},
-                year         = 2025,
-                eprint       = {arXiv:2510.09596},
-            }"""),
-    }
+    _paper = PAPER
 
     def __init__(
         self,
@@ -172,22 +145,14 @@ class BanelTrainer(Trainer):
                 "BanelTrainer creates a new optimizer every round, for that round's new adapter: pass `optim`, "
                 "`optim_args`, `learning_rate` and `lr_scheduler_type` in BanelConfig instead of `optimizers`."
             )
-        self._check_dataset(train_dataset, "train_dataset")
+        check_dataset(train_dataset, "train_dataset")
         if eval_dataset is not None:
-            self._check_dataset(eval_dataset, "eval_dataset")
+            check_dataset(eval_dataset, "eval_dataset")
 
         # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
         set_seed(args.seed)
-        model = self._load_proposal(model, args)
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model.config._name_or_path, trust_remote_code=args.trust_remote_code
-            )
-        if processing_class.pad_token is None:
-            processing_class.pad_token = processing_class.eos_token
-        if processing_class.pad_token is None:
-            raise ValueError("The tokenizer has neither a pad token nor an EOS token: set `tokenizer.pad_token`.")
-        processing_class.padding_side = "left"
+        model = load_proposal(model, args)
+        processing_class = load_tokenizer(processing_class, model, args)
 
         self.peft_config = peft_config or default_peft_config()
         model = get_peft_model(model, self.peft_config, adapter_name=region_adapter_name(0))
@@ -195,12 +160,7 @@ class BanelTrainer(Trainer):
         self.reward_funcs, self.reward_processing_classes = load_reward_funcs(
             reward_funcs, reward_processing_classes, args.model_init_kwargs
         )
-        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
-            raise ValueError(
-                f"Number of reward weights ({len(args.reward_weights)}) must match number of reward functions "
-                f"({len(self.reward_funcs)})."
-            )
-        self.reward_weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        self.reward_weights = check_reward_weights(args.reward_weights, len(self.reward_funcs))
 
         super().__init__(
             model=model,
@@ -214,8 +174,19 @@ class BanelTrainer(Trainer):
         for i, reward_func in enumerate(self.reward_funcs):
             if isinstance(reward_func, PreTrainedModel):
                 self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
+        self._set_up_sampling(train_dataset, eval_dataset)
+        self.ledger: RewardLedger | None = None
+        self._fit_examples: list[dict] = []  # what the adapter being fit learns from
+        self._round = 0
+        self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
 
-        self.generation_config = self._generation_config(model, processing_class, args)
+    def _set_up_sampling(self, train_dataset: Dataset, eval_dataset: Dataset | None) -> None:
+        """
+        The posterior over the model, the sampler of its candidates and the reward functions' evaluator; prompts that
+        leave no room for a completion are refused.
+        """
+        args, processing_class = self.args, self.processing_class
+        self.generation_config = generation_config(self.model, processing_class, args)
         self.posterior = BanelPosterior(
             self.model,
             temperature=args.temperature,
@@ -224,89 +195,40 @@ class BanelTrainer(Trainer):
             max_sampling_attempts=args.max_sampling_attempts,
             generation_config=self.generation_config,
         )
-        self.ledger: RewardLedger | None = None
-        self._conversational = is_conversational(train_dataset[0])
-        self._prompt_ids_cache: dict[str, list[int]] = {}
+        # Each round restarts its prompt stream from the round's seed: see `_seed_round`.
+        self.sampler = CandidateSampler(
+            self.posterior,
+            processing_class,
+            self.generation_config,
+            args.num_generations,
+            args.generation_batch_size,
+            args.chat_template_kwargs,
+        )
+        self.rewards = RewardEvaluator(
+            self.reward_funcs,
+            self.reward_processing_classes,
+            self.reward_weights,
+            args.success_threshold,
+            processing_class,
+            is_conversational(train_dataset[0]),
+            self.accelerator.device,
+        )
         self._check_prompt_lengths(train_dataset, "train_dataset")
         if eval_dataset is not None:
             self._check_prompt_lengths(eval_dataset, "eval_dataset")
-        self._prompts: Iterator[dict] | None = None  # each round restarts it from its seed: see `_seed_round`
-        self._fit_examples: list[dict] = []  # what the adapter being fit learns from
-        self._round = 0
-        self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
 
     # ------------------------------------------------------------------ set-up
 
-    @staticmethod
-    def _check_dataset(dataset, name: str) -> None:
-        if dataset is None:
-            raise ValueError(f"`{name}` is required: BaNEL samples completions for its prompts.")
-        if isinstance(dataset, IterableDataset):
-            raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
-        if len(dataset) == 0:
-            raise ValueError(f"`{name}` is empty.")
-        if "prompt" not in dataset.column_names:
-            raise ValueError(f"`{name}` must have a 'prompt' column; its columns are {dataset.column_names}.")
-
     def _check_prompt_lengths(self, dataset: Dataset, name: str) -> None:
         """Tokenise every prompt once (the ids are cached) and refuse prompts that leave no room for a completion."""
-        prompts = {repr(prompt): prompt for prompt in dataset["prompt"]}
-        missing = [prompt for key, prompt in prompts.items() if key not in self._prompt_ids_cache]
-        for start in range(0, len(missing), 1024):
-            chunk = missing[start : start + 1024]
-            ids = tokenize_prompts(chunk, self.processing_class, self.args.chat_template_kwargs)
-            self._prompt_ids_cache.update((repr(prompt), prompt_ids) for prompt, prompt_ids in zip(chunk, ids))
         context = getattr(self.model.config, "max_position_embeddings", None)
-        longest = max(len(self._prompt_ids_cache[key]) for key in prompts)
+        longest = self.sampler.longest_prompt(dataset)
         if context is not None and longest + self.args.max_completion_length > context:
             raise ValueError(
                 f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
                 f"{self.args.max_completion_length}, that exceeds the model's context of {context} tokens. Shorten "
                 "or filter the prompts, or lower `max_completion_length`."
             )
-
-    @staticmethod
-    def _load_proposal(model, args: BanelConfig) -> PreTrainedModel:
-        if isinstance(model, str):
-            init_kwargs = dict(args.model_init_kwargs or {})
-            init_kwargs.setdefault("dtype", torch.float32)  # as GRPOTrainer: float32 unless asked otherwise
-            init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-        elif args.model_init_kwargs is not None:
-            logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
-        if isinstance(model, PeftModel):
-            model = model.merge_and_unload()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        return model
-
-    @staticmethod
-    def _generation_config(model, tokenizer, args: BanelConfig) -> GenerationConfig:
-        eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else (
-            tokenizer.eos_token_id
-        )
-        return GenerationConfig(
-            max_new_tokens=args.max_completion_length,
-            do_sample=True,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            min_p=args.min_p,
-            repetition_penalty=args.repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=eos,
-            **(args.generation_kwargs or {}),
-        )
-
-    @staticmethod
-    def _prompt_stream(dataset: Dataset, seed: int) -> Iterator[dict]:
-        """The dataset's examples, reshuffled every pass, forever."""
-        rng = random.Random(seed)
-        while True:
-            order = list(range(len(dataset)))
-            rng.shuffle(order)
-            yield from (dataset[i] for i in order)
 
     # ------------------------------------------------------------------ state
 
@@ -330,51 +252,24 @@ class BanelTrainer(Trainer):
             if self.ledger is not None:
                 self.ledger.close()
             self.ledger = RewardLedger(self.args.output_dir)
-            regions, weights = [], []
-            if not self.posterior.regions and os.path.exists(
-                os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME)
-            ):
-                regions = read_regions(self.args.output_dir)
-                weights = [
-                    {name: load_peft_weights(os.path.join(self.args.output_dir, name), device="cpu")
-                     for name in region.adapter_names}
-                    for region in regions
-                ]
+            saved = os.path.exists(os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME))
+            regions, weights = (
+                read_region_weights(self.args.output_dir) if saved and not self.posterior.regions else ([], [])
+            )
             return self.ledger.lines, regions, weights
 
-        lines, regions, weights = self._on_main_process(read_output_dir)
+        lines, regions, weights = on_main_process(self.accelerator, read_output_dir)
         if not self.accelerator.is_main_process:
             self.ledger = RewardLedger.replica(lines)
         if len(self.ledger):
             logger.info(f"Resuming from a ledger of {len(self.ledger)} paid evaluations in {self.args.output_dir}.")
-        for region, region_weights in zip(regions, weights):
+        for region, region_weights in zip(regions, weights, strict=True):
             for name, adapter_weights in region_weights.items():
                 self._ensure_adapter(name)
                 set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
             self.posterior.add_region(region)
         if regions:
             logger.info(f"Resuming with the {len(regions)} regions saved in {self.args.output_dir}.")
-
-    def _on_main_process(self, function, *args):
-        """
-        Run `function` on the main process only and return its result on every process (the way reward calls and
-        ledger writes happen once per run). An error on the main process is raised on every process, so that none
-        waits for a result that will not come.
-        """
-        if self.accelerator.num_processes == 1:
-            return function(*args)
-        payload = [None]
-        if self.accelerator.is_main_process:
-            try:
-                payload = [(True, function(*args))]
-            except BaseException as error:
-                broadcast_object_list([(False, f"{type(error).__name__}: {error}")], from_process=0)
-                raise
-        broadcast_object_list(payload, from_process=0)
-        succeeded, result = payload[0]
-        if not succeeded:
-            raise RuntimeError(f"The main process failed: {result}")
-        return result
 
     def _ensure_adapter(self, name: str) -> None:
         if name not in self.model.peft_config:
@@ -411,7 +306,8 @@ class BanelTrainer(Trainer):
                     region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
                     self.posterior.add_region(region)
                     fit_losses.append(fit_loss)
-                    self._save_round()
+                    if args.should_save:
+                        self.posterior.save_pretrained(args.output_dir)
                 self._log_round(k, stats, region, fit_loss, len(negatives))
                 if stats["evaluated"] < stats["budget"]:
                     logger.warning(
@@ -436,166 +332,31 @@ class BanelTrainer(Trainer):
 
     def _seed_stream(self, seed: int) -> None:
         set_seed(seed, deterministic=self.args.full_determinism)
-        self._prompts = self._prompt_stream(self.train_dataset, seed)
+        self.sampler.restart(self.train_dataset, seed)
 
     def _collect_round(self, k: int) -> dict:
         """Steps 1-2 of round `k` on the main process; the other processes receive the lines it added to the ledger."""
 
         def collect():
             num_lines = len(self.ledger.lines)
-            stats = self._sample_and_pay(k)
+            self._seed_round(k)
+            stats = RoundCollector(self.sampler, self.ledger, self.rewards, self.args).collect(k, self.state)
             return stats, self.ledger.lines[num_lines:]
 
-        stats, lines = self._on_main_process(collect)
+        stats, lines = on_main_process(self.accelerator, collect)
         if not self.accelerator.is_main_process:
             self.ledger.extend(lines)
         return stats
-
-    def _sample_and_pay(self, k: int) -> dict:
-        """
-        Sample the posterior until round `k`'s share of the budget is paid: accepted never-seen candidates are
-        evaluated (one NRE each), accepted candidates already paid for are recorded as free repeats, rejected ones
-        cost nothing. Proposals are capped at `max_sampling_attempts` per evaluation of the round.
-
-        Sampling starts from the round's seed, so a round interrupted by a crash draws the same candidates again when
-        the run resumes: the evaluations and repeats it had recorded are met again, in order, and reused instead of
-        being paid or recorded twice. A round whose end is in the ledger is not sampled again.
-        """
-        args, ledger = self.args, self.ledger
-        if k in ledger.round_ends:
-            return ledger.round_ends[k]
-        paid_before = sum(1 for r in ledger.records if r["round"] < k)
-        budget = min(args.samples_per_round, args.max_reward_evaluations - paid_before)
-        recorded = ledger.lines_of_round(k)  # written before an interruption: replayed, not paid again
-        to_replay = {line["index"] for line in recorded if "repeat_of" not in line}
-        repeats_to_replay = sum("repeat_of" in line for line in recorded)
-        stats = {"budget": budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
-        max_proposed = args.max_sampling_attempts * max(budget, 1)
-        self._seed_round(k)
-        while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
-            examples, proposal = self._propose_batch()
-            stats["proposed"] += len(examples)
-            stats["accepted"] += int(proposal.accepted.sum())
-            accepted = self._accepted_candidates(examples, proposal)
-            fresh, to_pay, unseen = set(), [], False
-            for example, completion_ids, completion, record in accepted:
-                key = sample_key(example["prompt"], completion)
-                if key in fresh or (record is not None and record["index"] not in to_replay):
-                    continue  # paid already: a free repeat
-                if record is not None:  # recorded before the interruption: met again, not paid again
-                    fresh.add(key)
-                    to_replay.discard(record["index"])
-                    continue
-                unseen = True
-                # The hard cap: never beyond the round's share, counting what it recorded and has yet to meet again.
-                if stats["evaluated"] + len(fresh) + len(to_replay) < budget:
-                    fresh.add(key)
-                    to_pay.append((example, completion_ids))
-            if unseen and to_replay:
-                logger.warning(
-                    f"Round {k} resumed, but its sampling did not draw again the {len(to_replay)} evaluations it had "
-                    "paid for before the interruption (non-deterministic sampling, or a changed configuration?). They "
-                    "stay part of the round, which goes on with new candidates."
-                )
-                stats["evaluated"] += len(to_replay)
-                to_replay.clear()
-            if to_pay:
-                self._evaluate_and_record(to_pay, k)
-            stats["evaluated"] += len(fresh)
-            # Every other accepted candidate whose reward is known now is a free repeat.
-            repeats = []
-            for example, _, completion, _ in accepted:
-                key = sample_key(example["prompt"], completion)
-                record = ledger.lookup(example["prompt"], completion)
-                if key in fresh:
-                    fresh.remove(key)  # its first occurrence is the evaluation itself
-                elif record is not None and record["index"] not in to_replay:
-                    repeats.append(record["index"])
-            replayed = min(len(repeats), repeats_to_replay)
-            repeats_to_replay -= replayed
-            ledger.append_repeats(k, repeats[replayed:])
-            stats["repeats"] += len(repeats)
-        stats["evaluated"] += len(to_replay)  # recorded before the interruption and not met again: still this round's
-        if stats["evaluated"] < budget:
-            logger.warning(
-                f"Round {k}: the posterior accepted {stats['accepted']} of {stats['proposed']} candidates "
-                f"(acceptance rate {stats['accepted'] / max(stats['proposed'], 1):.2e}), {stats['repeats']} of them "
-                f"already evaluated, so only {stats['evaluated']} of the round's {budget} evaluations were spent within "
-                f"{args.max_sampling_attempts} proposals per evaluation. Ending the round early. If acceptance is "
-                "low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
-            )
-        ledger.end_round(k, stats)
-        return stats
-
-    def _propose_batch(self) -> tuple[list[dict], Proposal]:
-        """Draw `generation_batch_size` candidates: `num_generations` per prompt, scored against every region."""
-        args = self.args
-        examples = [next(self._prompts) for _ in range(args.generation_batch_size // args.num_generations)]
-        examples = [example for example in examples for _ in range(args.num_generations)]
-        input_ids, attention_mask = pad_prompts(
-            [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
-        )
-        device = self.accelerator.device
-        return examples, self.posterior.propose(input_ids.to(device), attention_mask.to(device), self.generation_config)
-
-    def _accepted_candidates(self, examples: list[dict], proposal: Proposal) -> list[tuple]:
-        """`(example, completion_ids, completion text, ledger record or None)` of each accepted candidate."""
-        accepted = []
-        for j in proposal.accepted.nonzero().flatten().tolist():
-            completion_ids = proposal.completion_ids[j, : int(proposal.completion_mask[j].sum())].tolist()
-            completion = self.processing_class.decode(completion_ids, skip_special_tokens=True)
-            accepted.append((examples[j], completion_ids, completion, self.ledger.lookup(examples[j]["prompt"],
-                                                                                         completion)))
-        return accepted
-
-    def _evaluate_and_record(self, candidates: list[tuple[dict, list[int]]], k: int) -> None:
-        """Call the reward functions once on the batch and write every result to the ledger before it counts."""
-        examples = [example for example, _ in candidates]
-        completion_ids = [ids for _, ids in candidates]
-        try:
-            rows = dict(enumerate(self._call_rewards(examples, completion_ids)))
-        except RewardFunctionError as error:
-            # The samples whose rewards are all usable were paid for: record them before stopping the run.
-            self.ledger.append([self._ledger_record(k, *candidates[i], row) for i, row in error.rows.items()])
-            raise
-        self.ledger.append([self._ledger_record(k, *candidates[i], row) for i, row in rows.items()])
-
-    def _ledger_record(self, k: int, example: dict, completion_ids: list[int], rewards: list[float | None]) -> dict:
-        reward = weighted_reward(rewards, self.reward_weights)
-        return {
-            "round": k,
-            "prompt": example["prompt"],
-            "completion": self.processing_class.decode(completion_ids, skip_special_tokens=True),
-            "completion_ids": completion_ids,
-            "rewards": rewards,
-            "reward": reward,
-            "success": reward is not None and reward >= self.args.success_threshold,
-        }
-
-    def _call_rewards(self, examples: list[dict], completion_ids: list[list[int]]) -> list[list[float | None]]:
-        """
-        The reward functions on a batch, with TRL's arguments: prompts, completions, ids and the other columns. They
-        run on a fork of torch's random state: whatever they draw (a reward that samples from the model, say) leaves
-        the run's own draws unchanged, so a resumed run, which does not call them again for recorded batches, still
-        samples what the uninterrupted run did.
-        """
-        device = self.accelerator.device
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-            return call_reward_funcs(
-                self.reward_funcs,
-                self.reward_processing_classes,
-                [example["prompt"] for example in examples],
-                decode_completions(completion_ids, self.processing_class, self._conversational),
-                completion_ids,
-                trainer_state=self.state,
-                **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
-            )
 
     def _negative_examples(self, k: int) -> list[dict]:
         """The failures the negative model of round `k` is fit on; successes are excluded by construction."""
         rounds = [k] if self.args.negative_samples == "round" else range(k + 1)
         return [
-            {"prompt_ids": self._prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"], "round": round_index}
+            {
+                "prompt_ids": self.sampler.prompt_ids(r["prompt"]),
+                "completion_ids": r["completion_ids"],
+                "round": round_index,
+            }
             for round_index in rounds
             for r in self.ledger.samples_of_round(round_index)
             if not r["success"]
@@ -630,15 +391,7 @@ class BanelTrainer(Trainer):
         self._seed_round(k)  # the adapters' initialisation and fits do not depend on how the round was sampled
         calibration = []
         if args.threshold_type == "calibrated":
-            # Hold out failures of this round only: they are samples of the posterior the new region will act on, so
-            # the region rejects its target rate of it and the acceptance falls by that factor.
-            # (A round whose samples were all successes falls back to every failure.)
-            pool = [i for i, negative in enumerate(negatives) if negative["round"] == k] or range(len(negatives))
-            num_held_out = min(max(1, round(args.calibration_fraction * len(pool))), len(negatives) - 1)
-            held_out = set(random.Random(args.seed + k).sample(pool, num_held_out))
-            calibration = [negative for i, negative in enumerate(negatives) if i in held_out]
-            negatives = [negative for i, negative in enumerate(negatives) if i not in held_out]
-
+            negatives, calibration = hold_out_calibration(negatives, k, args.calibration_fraction, args.seed + k)
         name = region_adapter_name(k)
         warm_start = region_adapter_name(k - 1) if args.warm_start_negative_model and k > 0 else None
         loss = self._fit_adapter(name, negatives, warm_start)
@@ -656,7 +409,7 @@ class BanelTrainer(Trainer):
 
         region = RejectionRegion(name, math.log(args.filter_factor), k, reference)
         if args.threshold_type == "calibrated":
-            region.threshold = self._on_main_process(self._calibrated_threshold, region, calibration)
+            region.threshold = on_main_process(self.accelerator, self._calibrated_threshold, region, calibration)
         return region, loss
 
     def _fit_adapter(self, name: str, examples: list[dict], warm_start: str | None = None) -> float:
@@ -682,50 +435,31 @@ class BanelTrainer(Trainer):
         success is trained on.
         """
 
+        def is_known_success(example: dict, completion: str) -> bool:
+            record = self.ledger.lookup(example["prompt"], completion)
+            return record is not None and record["success"]
+
         def sample():
             self._seed_stream(self.args.seed + k + REFERENCE_SEED_OFFSET)
-            examples, proposed = [], 0
-            while len(examples) < num_examples and proposed < self.args.max_sampling_attempts * num_examples:
-                batch, proposal = self._propose_batch()
-                proposed += len(batch)
-                examples += [
-                    {"prompt": example["prompt"], "completion_ids": completion_ids}
-                    for example, completion_ids, _, record in self._accepted_candidates(batch, proposal)
-                    if record is None or not record["success"]
-                ]
-            return examples[:num_examples]
+            max_proposed = self.args.max_sampling_attempts * num_examples
+            return self.sampler.sample_accepted(num_examples, max_proposed, exclude=is_known_success)
 
-        examples = self._on_main_process(sample)
+        examples = on_main_process(self.accelerator, sample)
         if len(examples) < num_examples:
             outcome = "the reference model is fit on those" if examples else f"region {k} is compared with p_theta"
             logger.warning(
                 f"Round {k}: only {len(examples)} of {num_examples} reference samples were accepted within "
                 f"{self.args.max_sampling_attempts} proposals each; {outcome}."
             )
-        return [{"prompt_ids": self._prompt_ids(e["prompt"]), "completion_ids": e["completion_ids"]} for e in examples]
+        return [{"prompt_ids": self.sampler.prompt_ids(prompt), "completion_ids": ids} for prompt, ids in examples]
 
     def _calibrated_threshold(self, region: RejectionRegion, calibration: list[dict]) -> float:
-        """The `1 - rejection rate` quantile of the held-out failures' log-ratios under `region`."""
-        batch = self.data_collator(calibration)
-        batch = {key: value.to(self.accelerator.device) for key, value in batch.items()}
-        scores = self.posterior.log_ratios(**batch, regions=[region])[:, 0]
+        batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
         args = self.args
         rejection_rate = args.first_region_rejection_rate if region.round == 0 else args.target_rejection_rate
-        return torch.quantile(scores.float().cpu(), 1.0 - rejection_rate).item()
-
-    def _save_round(self) -> None:
-        if self.args.should_save:
-            self.posterior.save_pretrained(self.args.output_dir)
+        return calibrated_threshold(self.posterior, region, batch, rejection_rate)
 
     # ------------------------------------------------------------------ Trainer hooks
-
-    def _prompt_ids(self, prompt) -> list[int]:
-        key = repr(prompt)
-        if key not in self._prompt_ids_cache:
-            self._prompt_ids_cache[key] = tokenize_prompts(
-                [prompt], self.processing_class, self.args.chat_template_kwargs
-            )[0]
-        return self._prompt_ids_cache[key]
 
     def get_train_dataloader(self):
         """The current round's negatives: what `Trainer.train` fits the active adapter on."""
@@ -776,7 +510,9 @@ class BanelTrainer(Trainer):
             self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
         if self.args.log_completions:
             for r in this_round[: self.args.num_completions_to_print]:
-                logger.info(f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}")
+                logger.info(
+                    f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}"
+                )
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, BanelCallback):
                 callback.on_round_end(self.args, self.state, self.control, trainer=self, metrics=metrics)
@@ -788,34 +524,26 @@ class BanelTrainer(Trainer):
         and are not written to the ledger. With several processes, the main process samples and calls the rewards.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        self._check_dataset(dataset, "eval_dataset")
+        check_dataset(dataset, "eval_dataset")
         args = self.args
-        device = self.accelerator.device
+        prompts_per_batch = args.generation_batch_size // args.num_generations
 
         def count_successes() -> int:
             num_successes = 0
-            for start in range(0, len(dataset), args.generation_batch_size // args.num_generations):
-                rows = dataset.select(range(start, min(start + args.generation_batch_size // args.num_generations,
-                                                       len(dataset))))
+            for start in range(0, len(dataset), prompts_per_batch):
+                rows = dataset.select(range(start, min(start + prompts_per_batch, len(dataset))))
                 examples = [example for example in rows for _ in range(args.num_generations)]
-                input_ids, attention_mask = pad_prompts(
-                    [self._prompt_ids(example["prompt"]) for example in examples], self.processing_class.pad_token_id
-                )
-                sequences = self.posterior.generate(input_ids.to(device), attention_mask.to(device),
-                                                    generation_config=self.generation_config)
-                completion_ids = [
-                    [t for t in row.tolist() if t != self.processing_class.pad_token_id]
-                    for row in sequences[:, input_ids.size(1):]
-                ]
-                rows = self._call_rewards(examples, completion_ids)
-                rewards = [weighted_reward(row, self.reward_weights) for row in rows]
-                num_successes += sum(r is not None and r >= args.success_threshold for r in rewards)
+                completion_ids = self.sampler.generate(examples)
+                rows = self.rewards(examples, completion_ids, trainer_state=self.state)
+                num_successes += sum(self.rewards.is_success(self.rewards.reward(row)) for row in rows)
             return num_successes
 
-        num_successes = self._on_main_process(count_successes)
+        num_successes = on_main_process(self.accelerator, count_successes)
         num_samples = len(dataset) * args.num_generations
-        metrics = {f"{metric_key_prefix}_success_rate": num_successes / num_samples,
-                   f"{metric_key_prefix}_num_samples": num_samples}
+        metrics = {
+            f"{metric_key_prefix}_success_rate": num_successes / num_samples,
+            f"{metric_key_prefix}_num_samples": num_samples,
+        }
         self.log(metrics)
         return metrics
 
@@ -827,7 +555,10 @@ class BanelTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
 
     def create_model_card(
-        self, model_name: str | None = None, dataset_name: str | None = None, tags: str | list[str] | None = None,
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
         **kwargs,
     ) -> None:
         """
@@ -845,10 +576,8 @@ class BanelTrainer(Trainer):
         """
         if not self.is_world_process_zero():
             return
-        from .hub import write_model_card
-
-        hub_model_id = self.hub_model_id or self.args.hub_model_id or os.path.basename(
-            os.path.abspath(self.args.output_dir)
+        hub_model_id = (
+            self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
         )
         write_model_card(
             self.args.output_dir,
@@ -857,4 +586,6 @@ class BanelTrainer(Trainer):
             dataset_name=dataset_name,
             tags=[tags] if isinstance(tags, str) else tags,
             max_reward_evaluations=self.args.max_reward_evaluations,
+            trainer_name=self._name,
+            paper=self._paper,
         )

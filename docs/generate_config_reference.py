@@ -14,7 +14,8 @@ import types
 import typing
 
 from banel_trl import BanelConfig
-from banel_trl.cli import BanelScriptArguments, DemoArguments
+from banel_trl.scripts.banel import BanelScriptArguments
+from banel_trl.scripts.demo import DemoArguments
 
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configuration.md")

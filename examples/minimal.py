@@ -58,8 +58,10 @@ def main():
     print(f"reward evaluations used: {trainer.num_reward_evaluations} of {args.max_reward_evaluations}")
     print(f"successes found while training (never trained on): {len(trainer.successes)}")
     print(f"success rate of p_theta:   {base_rate:.4f}")
-    print(f"success rate of posterior: {posterior_rate:.4f} ({posterior_rate / base_rate:.1f}x) "
-          f"with {len(trainer.posterior.regions)} regions, saved to {args.output_dir}")
+    print(
+        f"success rate of posterior: {posterior_rate:.4f} ({posterior_rate / base_rate:.1f}x) "
+        f"with {len(trainer.posterior.regions)} regions, saved to {args.output_dir}"
+    )
 
 
 if __name__ == "__main__":

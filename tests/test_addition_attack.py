@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+
 EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "addition_attack")
 METHODS = ["pretrained", "banel", "grpo", "rnd", "pseudo_count", "temperature", "rule_based"]
 
@@ -16,12 +17,31 @@ def test_quick_mode_runs_every_method(tmp_path):
     # Quick mode, shrunk further so the test stays short. Its round 1 finds fewer successes than the 10 a region
     # scored against a reference needs by default: without that bound, the test runs that region's path too.
     subprocess.run(
-        [sys.executable, os.path.join(EXPERIMENT, "run.py"), "--quick", "--results", str(results),
-         "--budget", "128", "--eval_samples", "256", "--eval_max_proposals", "2048", "--pool_samples", "2000",
-         "--cache_dir", str(tmp_path / "cache"),
-         "--banel", "samples_per_round=64", "generation_batch_size=256", "scoring_batch_size=256",
-         "reference_min_successes=0"],
-        check=True, env=env, timeout=600,
+        [
+            sys.executable,
+            os.path.join(EXPERIMENT, "run.py"),
+            "--quick",
+            "--results",
+            str(results),
+            "--budget",
+            "128",
+            "--eval_samples",
+            "256",
+            "--eval_max_proposals",
+            "2048",
+            "--pool_samples",
+            "2000",
+            "--cache_dir",
+            str(tmp_path / "cache"),
+            "--banel",
+            "samples_per_round=64",
+            "generation_batch_size=256",
+            "scoring_batch_size=256",
+            "reference_min_successes=0",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
     )
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted(row["method"] for row in rows) == sorted(METHODS)
@@ -35,6 +55,9 @@ def test_quick_mode_runs_every_method(tmp_path):
     plot = tmp_path / "plot.png"
     report = subprocess.run(
         [sys.executable, os.path.join(EXPERIMENT, "report.py"), str(results), "--plot", str(plot)],
-        check=True, env=env, capture_output=True, text=True,
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert "| banel | 1 |" in report.stdout and plot.stat().st_size > 0

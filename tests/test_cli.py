@@ -10,6 +10,8 @@ import yaml
 from banel_trl import cli
 from banel_trl.ledger import LEDGER_NAME
 from banel_trl.report import REPORT_NAME, REPORT_PLOT_NAME, clopper_pearson, read_run
+from banel_trl.scripts.demo import DEMO_CONFIG, make_parser
+from banel_trl.scripts.utils import get_reward_func
 from banel_trl.testing import starts_with_b
 
 from .conftest import LENGTH
@@ -54,8 +56,10 @@ def run_yaml(tmp_path, _toy_task):
 @pytest.fixture
 def trained_run(run_yaml, tmp_path):
     # The command line overrides the YAML's budget.
-    assert cli.main(["train", "--config", str(run_yaml), "--max_reward_evaluations", "60",
-                     "--samples_per_round", "30"]) == 0
+    assert (
+        cli.main(["train", "--config", str(run_yaml), "--max_reward_evaluations", "60", "--samples_per_round", "30"])
+        == 0
+    )
     return tmp_path / "run"
 
 
@@ -93,14 +97,14 @@ def test_report_refuses_a_folder_without_ledger(tmp_path):
 
 
 def test_reward_registry_and_import_paths():
-    assert cli.get_reward_func("banel_trl.testing.starts_with_b") is starts_with_b
-    assert cli.get_reward_func("gsm8k_exact_match")(["#### 3"], ["3"]) == [1.0]
-    reward = cli.get_reward_func("addition_attack_no_leading_zeros")
+    assert get_reward_func("banel_trl.testing.starts_with_b") is starts_with_b
+    assert get_reward_func("gsm8k_exact_match")(["#### 3"], ["3"]) == [1.0]
+    reward = get_reward_func("addition_attack_no_leading_zeros")
     assert reward(completions=["007+1="]) == [0.0]
     with pytest.raises(ValueError, match="Expected one of"):
-        cli.get_reward_func("no_such_reward")
+        get_reward_func("no_such_reward")
     with pytest.raises(ValueError, match="has no attribute"):
-        cli.get_reward_func("banel_trl.testing.no_such_function")
+        get_reward_func("banel_trl.testing.no_such_function")
 
 
 def test_train_needs_a_reward(run_yaml):
@@ -131,8 +135,8 @@ def test_unknown_argument_is_an_error(run_yaml, monkeypatch):
 
 
 def test_demo_defaults_come_from_the_packaged_config():
-    demo_args, training_args = cli.make_demo_parser().parse_args_and_config([])
-    with importlib.resources.files("banel_trl.configs").joinpath(cli.DEMO_CONFIG).open() as file:
+    demo_args, training_args = make_parser().parse_args_and_config([])
+    with importlib.resources.files("banel_trl.configs").joinpath(DEMO_CONFIG).open() as file:
         config = yaml.safe_load(file)
     settings = {**vars(demo_args), **training_args.to_dict()}
     assert config.pop("report_to") == "none" and settings["report_to"] == []  # TrainingArguments' spelling of "none"
@@ -141,11 +145,30 @@ def test_demo_defaults_come_from_the_packaged_config():
 
 def test_demo_runs_and_writes_its_plot(tmp_path, capsys):
     result_dir = tmp_path / "demo"
-    assert cli.main([
-        "demo", "--output_dir", str(result_dir), "--base_eval_samples", "400", "--posterior_eval_samples", "64",
-        "--max_reward_evaluations", "128", "--samples_per_round", "64", "--num_train_epochs", "1",
-        "--generation_batch_size", "128", "--num_generations", "64",
-    ]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--output_dir",
+                str(result_dir),
+                "--base_eval_samples",
+                "400",
+                "--posterior_eval_samples",
+                "64",
+                "--max_reward_evaluations",
+                "128",
+                "--samples_per_round",
+                "64",
+                "--num_train_epochs",
+                "1",
+                "--generation_batch_size",
+                "128",
+                "--num_generations",
+                "64",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Base model p_theta: success rate" in printed and "/400)" in printed
     assert "BaNEL posterior: success rate" in printed and "/64)" in printed

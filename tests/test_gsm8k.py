@@ -65,15 +65,50 @@ def test_gsm8k_example_offline(tmp_path, capsys):
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     output_dir = tmp_path / "out"
-    arguments = example.make_parser().parse_args_and_config([
-        "--config", str(EXAMPLE.parent / "qwen2.5-0.5b-instruct.yaml"),  # the shipped config, made tiny below
-        "--model_name_or_path", str(tmp_path / "model"), "--dtype", "float32", "--bf16", "false",
-        "--dataset_name", str(data), "--num_candidate_questions", "3", "--selection_samples", "4",
-        "--max_base_success_rate", "0.5", "--num_questions", "2", "--eval_samples", "8",
-        "--max_reward_evaluations", "8", "--samples_per_round", "4", "--num_generations", "4",
-        "--generation_batch_size", "8", "--max_completion_length", "6", "--num_train_epochs", "1",
-        "--use_cpu", "true", "--output_dir", str(output_dir), "--logging_steps", "1000", "--disable_tqdm", "true",
-    ])
+    arguments = example.make_parser().parse_args_and_config(
+        [
+            "--config",
+            str(EXAMPLE.parent / "qwen2.5-0.5b-instruct.yaml"),  # the shipped config, made tiny below
+            "--model_name_or_path",
+            str(tmp_path / "model"),
+            "--dtype",
+            "float32",
+            "--bf16",
+            "false",
+            "--dataset_name",
+            str(data),
+            "--num_candidate_questions",
+            "3",
+            "--selection_samples",
+            "4",
+            "--max_base_success_rate",
+            "0.5",
+            "--num_questions",
+            "2",
+            "--eval_samples",
+            "8",
+            "--max_reward_evaluations",
+            "8",
+            "--samples_per_round",
+            "4",
+            "--num_generations",
+            "4",
+            "--generation_batch_size",
+            "8",
+            "--max_completion_length",
+            "6",
+            "--num_train_epochs",
+            "1",
+            "--use_cpu",
+            "true",
+            "--output_dir",
+            str(output_dir),
+            "--logging_steps",
+            "1000",
+            "--disable_tqdm",
+            "true",
+        ]
+    )
     results = example.main(*arguments)
 
     assert len(results) == 2  # a random tiny model solves nothing: every question is hard, 2 are run
@@ -87,7 +122,7 @@ def test_gsm8k_example_offline(tmp_path, capsys):
         for point in curve:
             low, high = point["best_ci"]
             assert 0.0 <= low <= point["best_success_rate"] <= high <= 1.0 and point["num_samples"] == 8
-        assert all(a["best_success_rate"] <= b["best_success_rate"] for a, b in zip(curve, curve[1:]))
+        assert all(a["best_success_rate"] <= b["best_success_rate"] for a, b in zip(curve, curve[1:], strict=False))
         assert (output_dir / f"question_{result['index']}" / "banel_posterior.json").is_file()
     assert (output_dir / "gsm8k_results.png").read_bytes()[:4] == b"\x89PNG"
     assert "best posterior success rate" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import HfApi
 
-from banel_trl import BanelPosterior, BanelTrainer
+from banel_trl import BanelPosterior, BanelTrainer, push_posterior_to_hub
 from banel_trl.report import REPORT_PLOT_NAME
 from banel_trl.testing import starts_with_b
 
@@ -46,10 +46,12 @@ def assert_round_trips(folder, trainer, make_proposal):
     assert [(r.adapter_name, r.threshold, r.round) for r in loaded.regions] == [
         (r.adapter_name, r.threshold, r.round) for r in trainer.posterior.regions
     ]
-    batch = trainer.data_collator([
-        {"prompt_ids": [trainer.processing_class.bos_token_id], "completion_ids": r["completion_ids"]}
-        for r in trainer.ledger.records[:16]
-    ])
+    batch = trainer.data_collator(
+        [
+            {"prompt_ids": [trainer.processing_class.bos_token_id], "completion_ids": r["completion_ids"]}
+            for r in trainer.ledger.records[:16]
+        ]
+    )
     assert loaded.log_ratios(**batch).allclose(trainer.posterior.log_ratios(**batch), atol=1e-5)
 
 
@@ -69,8 +71,8 @@ def test_trainer_push_to_hub(trainer, hub, make_proposal):
 
 
 def test_posterior_push_to_hub(trainer, hub, make_proposal):
-    trainer.posterior.push_to_hub(
-        "user/posterior", tokenizer=trainer.processing_class, run_dir=trainer.args.output_dir
+    push_posterior_to_hub(
+        trainer.posterior, "user/posterior", tokenizer=trainer.processing_class, run_dir=trainer.args.output_dir
     )
     (folder,) = hub
     assert_round_trips(folder, trainer, make_proposal)
@@ -81,10 +83,10 @@ def test_posterior_push_to_hub(trainer, hub, make_proposal):
 
 
 def test_posterior_push_to_hub_alone(trainer, hub, make_proposal):
-    trainer.posterior.push_to_hub("user/posterior")
+    push_posterior_to_hub(trainer.posterior, "user/posterior")
     (folder,) = hub
     assert_round_trips(folder, trainer, make_proposal)
     card = (folder / "README.md").read_text()
     assert "| Rejection regions | 2 |" in card and "Reward evaluations (NREs) used" not in card
     with pytest.raises(FileNotFoundError, match="banel_ledger.jsonl"):
-        trainer.posterior.push_to_hub("user/posterior", run_dir=str(folder))
+        push_posterior_to_hub(trainer.posterior, "user/posterior", run_dir=str(folder))

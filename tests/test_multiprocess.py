@@ -20,8 +20,21 @@ def test_two_processes_share_one_budget_one_ledger_and_identical_regions(tmp_pat
     # On a CPU-only machine `--multi_gpu` starts the processes with torchrun; `use_cpu=True` makes them a gloo
     # (MULTI_CPU) group. (`--cpu` with several processes would need Intel's mpirun.)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), SCRIPT,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        SCRIPT,
         str(tmp_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -6,8 +6,8 @@ from peft import LoraConfig, get_peft_model
 from scipy.stats import chisquare
 from transformers import GenerationConfig
 
-from banel_trl import posterior as posterior_module
 from banel_trl import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
+from banel_trl import posterior as posterior_module
 from banel_trl.data import NegativesCollator, pad_prompts
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 
@@ -97,7 +97,7 @@ def test_early_rejection_keeps_every_decision(small_space, min_stage_rows, monke
         **batch, regions=[RejectionRegion(name, 0.0, k) for k, name in enumerate(names)]
     )
     thresholds = full.median(dim=0).values  # each region rejects half the space
-    regions = [RejectionRegion(name, t.item(), k) for k, (name, t) in enumerate(zip(names, thresholds))]
+    regions = [RejectionRegion(name, t.item(), k) for k, (name, t) in enumerate(zip(names, thresholds, strict=True))]
     posterior = BanelPosterior(model, regions, scoring_batch_size=32)
     requires_grad = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
     early = posterior.log_ratios(**batch, stop_at_rejection=True)
@@ -141,8 +141,9 @@ def test_propose_scores_its_candidates_as_log_ratios_does(small_space, max_gener
     monkeypatch.setattr(posterior_module, "MAX_GENERATION_LOGITS", max_generation_logits)
     tokenizer, model, symbol_ids, _, _ = small_space
     posterior = BanelPosterior(model, [RejectionRegion("region_0", 0.0, 0)], temperature=0.7)
-    input_ids, attention_mask = pad_prompts([[tokenizer.bos_token_id], [tokenizer.bos_token_id, *symbol_ids]] * 32,
-                                            tokenizer.pad_token_id)
+    input_ids, attention_mask = pad_prompts(
+        [[tokenizer.bos_token_id], [tokenizer.bos_token_id, *symbol_ids]] * 32, tokenizer.pad_token_id
+    )
     sampling = {"do_sample": True, "temperature": 1.5, "top_k": 2, "repetition_penalty": 1.3, "max_new_tokens": 5}
     config = GenerationConfig.from_dict({**model.generation_config.to_dict(), **sampling})
     config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("=")]  # some candidates end early
@@ -154,8 +155,9 @@ def test_propose_scores_its_candidates_as_log_ratios_does(small_space, max_gener
     torch.manual_seed(0)
     proposal = posterior.propose(input_ids, attention_mask, config)
 
-    afresh = posterior.log_ratios(proposal.prompt_ids, proposal.prompt_mask, proposal.completion_ids,
-                                  proposal.completion_mask)
+    afresh = posterior.log_ratios(
+        proposal.prompt_ids, proposal.prompt_mask, proposal.completion_ids, proposal.completion_mask
+    )
     torch.testing.assert_close(proposal.log_ratios, afresh, atol=1e-5, rtol=1e-4)
     assert torch.equal(proposal.accepted, ~posterior.rejects(afresh))
     assert 0 < int(proposal.accepted.sum()) < len(proposal.accepted)
@@ -198,11 +200,20 @@ def test_save_and_load_keep_every_decision(small_space, tmp_path):
     for name in ("region_1", "reference_1"):
         model.add_adapter(name, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
     posterior = BanelPosterior(
-        model, regions=[RejectionRegion("region_0", 0.1, 0), RejectionRegion("region_1", -0.2, 1, "reference_1")]
+        model,
+        regions=[RejectionRegion("region_0", 0.1, 0), RejectionRegion("region_1", -0.2, 1, "reference_1")],
+        temperature=0.7,
+        scoring_batch_size=7,
+        max_sampling_attempts=33,
+        generation_config=GenerationConfig(max_new_tokens=5, do_sample=True, top_k=3),
     )
     posterior.save_pretrained(tmp_path / "posterior")
     base = tiny_qwen2(tokenizer, seed=1)
     loaded = BanelPosterior.from_pretrained(tmp_path / "posterior", model=base)
+
+    # The sampler's settings come back with it, not only the regions.
+    assert (loaded.temperature, loaded.scoring_batch_size, loaded.max_sampling_attempts) == (0.7, 7, 33)
+    assert (loaded.generation_config.max_new_tokens, loaded.generation_config.top_k) == (5, 3)
 
     assert [r.threshold for r in loaded.regions] == [0.1, -0.2]
     torch.testing.assert_close(loaded.log_ratios(**batch), posterior.log_ratios(**batch))

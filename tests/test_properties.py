@@ -27,7 +27,7 @@ def pattern_reward(success_rate: float, none_rate: float, crash_on_call: int | N
         calls.append(len(completions))
         if len(calls) == crash_on_call:
             raise ConnectionError("the lab is closed")
-        paid.extend(sample_key(p, c) for p, c in zip(prompts, completions))
+        paid.extend(sample_key(p, c) for p, c in zip(prompts, completions, strict=True))
         rewards = []
         for completion in completions:
             u = int(hashlib.sha256(completion.encode()).hexdigest()[:8], 16) / 16**8
@@ -58,8 +58,9 @@ def configs(draw):
     )
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     config=configs(),
     prompts=st.sampled_from([[""], ["", "a"], ["ab", "c", "d"]]),
@@ -77,11 +78,24 @@ def test_budget_successes_and_single_payment_hold_for_any_config(
         for attempt in range(2):  # a run, and its resume when the reward crashed it
             # A resume with another seed samples other candidates than the interrupted round did: no replay.
             seed = config["seed"] + int(attempt == 1 and new_seed_on_resume)
-            args = BanelConfig(output_dir, max_completion_length=LENGTH + 1, num_train_epochs=1,
-                               per_device_train_batch_size=8, report_to="none", use_cpu=True, disable_tqdm=True,
-                               logging_steps=1000, **{**config, "seed": seed})
-            trainer = BanelTrainer(make_proposal(), reward, args=args, train_dataset=Dataset.from_dict(
-                {"prompt": prompts}), processing_class=tokenizer)
+            args = BanelConfig(
+                output_dir,
+                max_completion_length=LENGTH + 1,
+                num_train_epochs=1,
+                per_device_train_batch_size=8,
+                report_to="none",
+                use_cpu=True,
+                disable_tqdm=True,
+                logging_steps=1000,
+                **{**config, "seed": seed},
+            )
+            trainer = BanelTrainer(
+                make_proposal(),
+                reward,
+                args=args,
+                train_dataset=Dataset.from_dict({"prompt": prompts}),
+                processing_class=tokenizer,
+            )
             fit = trainer._fit_region
             trainer._fit_region = lambda k, negatives, fit=fit: fitted.extend(negatives) or fit(k, negatives)
             try:

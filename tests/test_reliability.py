@@ -10,13 +10,13 @@ import random
 import signal
 import time
 
+import peft.peft_model
 import pytest
 import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import peft.peft_model
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, RewardLedger, sample_key
 from banel_trl.posterior import POSTERIOR_CONFIG_NAME
@@ -35,9 +35,19 @@ from .conftest import LENGTH
 # kill is followed by a resume, until a run finishes; the final state must equal that of an uninterrupted run.
 
 CRASH_SETTINGS = dict(
-    max_reward_evaluations=60, samples_per_round=20, max_completion_length=LENGTH + 1, num_generations=8,
-    generation_batch_size=8, num_train_epochs=2, per_device_train_batch_size=8, report_to="none", use_cpu=True,
-    disable_tqdm=True, logging_steps=1000, seed=0, reference_min_successes=0,  # every round's region is at stake
+    max_reward_evaluations=60,
+    samples_per_round=20,
+    max_completion_length=LENGTH + 1,
+    num_generations=8,
+    generation_batch_size=8,
+    num_train_epochs=2,
+    per_device_train_batch_size=8,
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+    logging_steps=1000,
+    seed=0,
+    reference_min_successes=0,  # every round's region is at stake
 )
 
 
@@ -67,7 +77,7 @@ def _child(model, tokenizer, output_dir, oracle_path, kill):
             _die()
         rewards = starts_with_b(completions)
         with open(oracle_path, "a") as file:  # the evaluation is paid once this line is written
-            file.write(json.dumps([sample_key(p, c) for p, c in zip(prompts, completions)]) + "\n")
+            file.write(json.dumps([sample_key(p, c) for p, c in zip(prompts, completions, strict=True)]) + "\n")
             file.flush()
             os.fsync(file.fileno())
         if point == "after_reward" and count["reward"] == n:
@@ -101,8 +111,14 @@ def _child(model, tokenizer, output_dir, oracle_path, kill):
     peft.peft_model.safe_save_file = hooked_save_file
     callbacks = [_KillAtStep(n)] if point == "fit_step" else []
     args = BanelConfig(output_dir, **CRASH_SETTINGS)
-    trainer = BanelTrainer(copy.deepcopy(model), oracle, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}),
-                           processing_class=tokenizer, callbacks=callbacks)
+    trainer = BanelTrainer(
+        copy.deepcopy(model),
+        oracle,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": [""]}),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     trainer.train()
 
 
@@ -126,8 +142,10 @@ def _ledger_keys(output_dir):
 def _final_state(output_dir):
     with open(os.path.join(output_dir, POSTERIOR_CONFIG_NAME)) as file:
         regions = json.load(file)["regions"]
-    weights = {r["adapter_name"]: load_file(os.path.join(output_dir, r["adapter_name"], "adapter_model.safetensors"))
-               for r in regions}
+    weights = {
+        r["adapter_name"]: load_file(os.path.join(output_dir, r["adapter_name"], "adapter_model.safetensors"))
+        for r in regions
+    }
     with open(os.path.join(output_dir, LEDGER_NAME)) as file:
         ledger = file.read()
     return regions, weights, ledger
@@ -146,8 +164,8 @@ def _run_until_done(model, tokenizer, output_dir, kills, probe_lock=False):
     for run, kill in enumerate([*kills, None]):
         oracle_path = f"{output_dir}.oracle{run}.jsonl"  # one per run: a torn line stays the last of its file
         process = context.Process(
-            target=_child, args=(model, tokenizer, output_dir, oracle_path, None if kill is None or kill[0] == "delay"
-                                 else kill),
+            target=_child,
+            args=(model, tokenizer, output_dir, oracle_path, None if kill is None or kill[0] == "delay" else kill),
         )
         process.start()
         if kill is not None and kill[0] == "delay":
@@ -191,8 +209,9 @@ def _run_until_done(model, tokenizer, output_dir, kills, probe_lock=False):
     return num_kills, in_flight_losses.total(), unreached
 
 
-def test_sigkill_at_random_moments_and_hook_points_loses_nothing_and_pays_nothing_twice(_toy_proposal, tokenizer,
-                                                                                      tmp_path):
+def test_sigkill_at_random_moments_and_hook_points_loses_nothing_and_pays_nothing_twice(
+    _toy_proposal, tokenizer, tmp_path
+):
     reference_dir = str(tmp_path / "reference")
     start = time.monotonic()
     assert _run_until_done(_toy_proposal, tokenizer, reference_dir, []) == (0, 0, [])
@@ -203,9 +222,22 @@ def test_sigkill_at_random_moments_and_hook_points_loses_nothing_and_pays_nothin
     # Deterministic hook points, counted from the start of each run: inside a reward call, after a call returned
     # (paid, not yet written), in the middle of a ledger write (a torn line), between two ledger writes, at a step
     # of a negative fit, and in the middle of writing an adapter (saving round k rewrites every region's adapter).
-    hooks = [("in_reward", 1), ("after_reward", 2), ("torn_write", 1), ("after_reward", 1), ("after_write", 2),
-             ("fit_step", 3), ("in_save", 1), ("in_reward", 2), ("torn_write", 3), ("fit_step", 5), ("after_write", 4),
-             ("in_save", 2), ("fit_step", 2), ("in_save", 3)]
+    hooks = [
+        ("in_reward", 1),
+        ("after_reward", 2),
+        ("torn_write", 1),
+        ("after_reward", 1),
+        ("after_write", 2),
+        ("fit_step", 3),
+        ("in_save", 1),
+        ("in_reward", 2),
+        ("torn_write", 3),
+        ("fit_step", 5),
+        ("after_write", 4),
+        ("in_save", 2),
+        ("fit_step", 2),
+        ("in_save", 3),
+    ]
     rng = random.Random(0)
     # The hook episodes alone make 21 kills (hook points a resumed run no longer reaches go on in a new episode); a
     # random delay may outlast what is left of a resumed run, so the delay episodes add kills without being counted
@@ -242,8 +274,9 @@ def test_sigkill_at_random_moments_and_hook_points_loses_nothing_and_pays_nothin
 
 def small_config(make_config, **overrides):
     """One round of 16 evaluations in batches of at most 8: a reward function is called at least twice."""
-    settings = dict(max_reward_evaluations=16, samples_per_round=16, num_generations=8, generation_batch_size=8,
-                    num_train_epochs=1)
+    settings = dict(
+        max_reward_evaluations=16, samples_per_round=16, num_generations=8, generation_batch_size=8, num_train_epochs=1
+    )
     return make_config(**{**settings, **overrides})
 
 
@@ -265,7 +298,7 @@ class Oracle:
         return [key for batch in self.batches for key in batch]
 
     def __call__(self, prompts, completions, **kwargs):
-        self.batches.append([sample_key(p, c) for p, c in zip(prompts, completions)])
+        self.batches.append([sample_key(p, c) for p, c in zip(prompts, completions, strict=True)])
         if self.hostile is not None and len(self.batches) >= self.bad_call:
             return self.hostile(completions)
         return starts_with_b(completions)
@@ -278,18 +311,30 @@ def raise_error(completions):
 @pytest.mark.parametrize(
     "hostile, message, invalid",
     [
-        (raise_error, r"'hostile' raised ZeroDivisionError: the simulator diverged on a batch of \d+ samples \(first: "
-                      r"sample 0 \(prompt='', completion='[abcd ]+'\)\)", None),
-        (lambda completions: [0.0] * (len(completions) - 1),
-         r"'hostile' returned \d+ rewards for a batch of \d+", None),
+        (
+            raise_error,
+            r"'hostile' raised ZeroDivisionError: the simulator diverged on a batch of \d+ samples \(first: "
+            r"sample 0 \(prompt='', completion='[abcd ]+'\)\)",
+            None,
+        ),
+        (
+            lambda completions: [0.0] * (len(completions) - 1),
+            r"'hostile' returned \d+ rewards for a batch of \d+",
+            None,
+        ),
         (lambda completions: None, r"'hostile' returned NoneType for a batch", None),
         (lambda completions: {"reward": 0.0}, r"'hostile' returned dict for a batch", None),
-        (lambda completions: ["0.0"] + [0.0] * (len(completions) - 1),
-         r"1 of \d+ samples; sample 0 \(prompt='', completion='[abcd ]+'\): reward function 'hostile' returned '0.0' "
-         r"\(str\)", 0),
-        (lambda completions: [0.0] * (len(completions) - 1) + [float("inf")],
-         r"sample \d+ \(prompt='', completion='[abcd ]+'\): reward function 'hostile' returned inf \(not finite\)",
-         -1),
+        (
+            lambda completions: ["0.0"] + [0.0] * (len(completions) - 1),
+            r"1 of \d+ samples; sample 0 \(prompt='', completion='[abcd ]+'\): reward function 'hostile' returned '0.0' "
+            r"\(str\)",
+            0,
+        ),
+        (
+            lambda completions: [0.0] * (len(completions) - 1) + [float("inf")],
+            r"sample \d+ \(prompt='', completion='[abcd ]+'\): reward function 'hostile' returned inf \(not finite\)",
+            -1,
+        ),
     ],
     ids=["raises", "wrong_length", "none", "dict", "string_value", "inf_value"],
 )
@@ -299,8 +344,9 @@ def test_hostile_reward_stops_the_run_names_the_sample_and_the_run_resumes(
     """`invalid`: the bad batch's sample with an unusable value (the others are recorded); None: the whole batch."""
     args = small_config(make_config)
     oracle = Oracle(hostile)
-    trainer = BanelTrainer(make_proposal(), oracle, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(), oracle, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     with pytest.raises(RewardFunctionError, match=message):
         trainer.train()
     assert trainer.ledger.closed, "a failed run releases the ledger's lock"
@@ -310,8 +356,9 @@ def test_hostile_reward_stops_the_run_names_the_sample_and_the_run_resumes(
     assert recorded == first + ([] if invalid is None else [key for key in bad if key != bad[invalid]])
 
     resumed_oracle = Oracle()
-    resumed = BanelTrainer(make_proposal(), resumed_oracle, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    resumed = BanelTrainer(
+        make_proposal(), resumed_oracle, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     resumed.train()
     final = [sample_key(r["prompt"], r["completion"]) for r in read_ledger(args.output_dir) if "index" in r]
     assert final[: len(recorded)] == recorded
@@ -325,13 +372,19 @@ def test_a_resume_that_samples_differently_keeps_what_was_paid_and_the_budget(
     oracle = Oracle(raise_error, bad_call=2)
     args = small_config(make_config)
     with pytest.raises(RewardFunctionError):
-        BanelTrainer(make_proposal(), oracle, args=args, train_dataset=unconditional_dataset,
-                     processing_class=tokenizer).train()
+        BanelTrainer(
+            make_proposal(), oracle, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+        ).train()
     first = oracle.batches[0]
     # Another seed: the resumed round does not draw the interrupted one's candidates again (no replay).
     resumed_oracle = Oracle()
-    resumed = BanelTrainer(make_proposal(), resumed_oracle, args=small_config(make_config, seed=1),
-                           train_dataset=unconditional_dataset, processing_class=tokenizer)
+    resumed = BanelTrainer(
+        make_proposal(),
+        resumed_oracle,
+        args=small_config(make_config, seed=1),
+        train_dataset=unconditional_dataset,
+        processing_class=tokenizer,
+    )
     with caplog.at_level("WARNING", logger="banel_trl.trainer"):
         resumed.train()
     assert f"did not draw again the {len(first)} evaluations it had paid for" in caplog.text
@@ -349,8 +402,9 @@ def test_none_nan_out_of_range_and_bool_rewards_are_recorded_as_given(
         return [values[i % len(values)] for i in range(len(completions))]
 
     args = small_config(make_config)
-    trainer = BanelTrainer(make_proposal(), odd_values, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(), odd_values, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     fitted = []
     fit = trainer._fit_region
     trainer._fit_region = lambda k, negatives: fitted.extend(negatives) or fit(k, negatives)
@@ -386,18 +440,27 @@ def test_async_rewards_run_concurrently_and_an_async_error_names_its_function(
         return reward
 
     args = small_config(make_config, max_reward_evaluations=16, num_rounds=1)
-    trainer = BanelTrainer(make_proposal(), [make_async("slow_assay"), make_async("slow_simulation")], args=args,
-                           train_dataset=unconditional_dataset, processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(),
+        [make_async("slow_assay"), make_async("slow_simulation")],
+        args=args,
+        train_dataset=unconditional_dataset,
+        processing_class=tokenizer,
+    )
     trainer.train()
     assert trainer.num_reward_evaluations == 16
-    for (start_a, end_a), (start_b, end_b) in zip(intervals["slow_assay"], intervals["slow_simulation"]):
+    for (start_a, end_a), (start_b, end_b) in zip(intervals["slow_assay"], intervals["slow_simulation"], strict=True):
         assert start_b < end_a and start_a < end_b, "async reward functions should run concurrently"
 
     # An async function that raises: its error names it; the other one, already started, still ran to completion.
     intervals.update(slow_assay=[], slow_simulation=[])
-    failing = BanelTrainer(make_proposal(), [make_async("slow_assay", fail_on_call=1), make_async("slow_simulation")],
-                           args=small_config(make_config, output_dir=args.output_dir + "-failing"),
-                           train_dataset=unconditional_dataset, processing_class=tokenizer)
+    failing = BanelTrainer(
+        make_proposal(),
+        [make_async("slow_assay", fail_on_call=1), make_async("slow_simulation")],
+        args=small_config(make_config, output_dir=args.output_dir + "-failing"),
+        train_dataset=unconditional_dataset,
+        processing_class=tokenizer,
+    )
     with pytest.raises(RewardFunctionError, match="'slow_assay' raised TimeoutError: the assay timed out"):
         failing.train()
     assert len(intervals["slow_simulation"]) == 1 and failing.num_reward_evaluations == 0
@@ -411,8 +474,13 @@ def test_a_slow_reward_is_waited_for(make_proposal, tokenizer, unconditional_dat
         calls.append(len(completions))
         return starts_with_b(completions)
 
-    trainer = BanelTrainer(make_proposal(), slow, args=small_config(make_config), train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(),
+        slow,
+        args=small_config(make_config),
+        train_dataset=unconditional_dataset,
+        processing_class=tokenizer,
+    )
     trainer.train()
     assert sum(calls) == trainer.num_reward_evaluations == 16 and len(calls) >= 2
 
@@ -434,10 +502,21 @@ def test_a_reward_that_calls_the_model_leaves_the_run_and_its_resume_unchanged(
                 trainer.model(input_ids=sampled)
             return starts_with_b(completions)
 
-        args = make_config(output_dir=output_dir, max_reward_evaluations=40, samples_per_round=20,
-                           generation_batch_size=8, num_generations=8, num_train_epochs=1)
-        trainer = holder["trainer"] = BanelTrainer(make_proposal(), judged_by_the_model, args=args,
-                                                   train_dataset=unconditional_dataset, processing_class=tokenizer)
+        args = make_config(
+            output_dir=output_dir,
+            max_reward_evaluations=40,
+            samples_per_round=20,
+            generation_batch_size=8,
+            num_generations=8,
+            num_train_epochs=1,
+        )
+        trainer = holder["trainer"] = BanelTrainer(
+            make_proposal(),
+            judged_by_the_model,
+            args=args,
+            train_dataset=unconditional_dataset,
+            processing_class=tokenizer,
+        )
         trainer.train()
         return trainer
 
@@ -459,10 +538,18 @@ def test_acceptance_collapse_ends_the_run_with_the_acceptance_figures(
 ):
     # filter_factor=1e-30: every region rejects all but the most unlikely candidates; round 1 accepts nothing, and
     # its region is fit on round 0's failures (negative_samples="all"), against p_theta: no reference sample either.
-    args = make_config(max_reward_evaluations=60, samples_per_round=20, threshold_type="filter_factor",
-                       filter_factor=1e-30, max_sampling_attempts=3, num_train_epochs=1, negative_samples="all")
-    trainer = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    args = make_config(
+        max_reward_evaluations=60,
+        samples_per_round=20,
+        threshold_type="filter_factor",
+        filter_factor=1e-30,
+        max_sampling_attempts=3,
+        num_train_epochs=1,
+        negative_samples="all",
+    )
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     with caplog.at_level("WARNING", logger="banel_trl.trainer"):
         trainer.train()
     assert "Round 1: the posterior accepted 0 of 64 candidates (acceptance rate 0.00e+00)" in caplog.text
@@ -484,23 +571,43 @@ def test_bad_data_and_tokenizers_are_refused_at_construction(make_proposal, toke
     with pytest.raises(ValueError, match="longest prompt of `train_dataset` has 122 tokens.*context of 128 tokens"):
         BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=long_prompt, processing_class=tokenizer)
     with pytest.raises(ValueError, match="`eval_dataset` must have a 'prompt' column"):
-        BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=Dataset.from_dict({"prompt": ["a"]}),
-                     eval_dataset=Dataset.from_dict({"question": ["a"]}), processing_class=tokenizer)
+        BanelTrainer(
+            make_proposal(),
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["a"]}),
+            eval_dataset=Dataset.from_dict({"question": ["a"]}),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="map-style Dataset"):
-        BanelTrainer(make_proposal(), starts_with_b, args=args,
-                     train_dataset=Dataset.from_dict({"prompt": ["a"]}).to_iterable_dataset(),
-                     processing_class=tokenizer)
+        BanelTrainer(
+            make_proposal(),
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["a"]}).to_iterable_dataset(),
+            processing_class=tokenizer,
+        )
 
     no_pad = char_tokenizer("abcd")
     no_pad.pad_token = None
-    trainer = BanelTrainer(tiny_qwen2(tokenizer), starts_with_b, args=args,
-                           train_dataset=Dataset.from_dict({"prompt": ["a"]}), processing_class=no_pad)
+    trainer = BanelTrainer(
+        tiny_qwen2(tokenizer),
+        starts_with_b,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["a"]}),
+        processing_class=no_pad,
+    )
     assert trainer.processing_class.pad_token == no_pad.eos_token  # as TRL: the EOS token pads
     no_pad.eos_token = None
     no_pad.pad_token = None
     with pytest.raises(ValueError, match="neither a pad token nor an EOS token"):
-        BanelTrainer(tiny_qwen2(tokenizer), starts_with_b, args=args,
-                     train_dataset=Dataset.from_dict({"prompt": ["a"]}), processing_class=no_pad)
+        BanelTrainer(
+            tiny_qwen2(tokenizer),
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["a"]}),
+            processing_class=no_pad,
+        )
 
 
 @pytest.mark.parametrize(

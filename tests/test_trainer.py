@@ -24,7 +24,7 @@ class CountingReward:
         self.calls = []
 
     def __call__(self, prompts, completions, **kwargs):
-        self.calls.extend(zip(map(repr, prompts), map(repr, completions)))
+        self.calls.extend(zip(map(repr, prompts), map(repr, completions), strict=True))
         return self.reward(completions=completions, prompts=prompts, **kwargs)
 
 
@@ -41,11 +41,18 @@ def test_banel_learns_from_failures_where_grpo_gets_no_gradient(
     # Cuts shallow enough that the posterior keeps accepting ~1 in 10 proposals after three rounds (0.07-0.12 over
     # seeds 0-4), so that neither the rounds nor the evaluation below spend their time in rejection sampling; the
     # bound on proposals makes a posterior that accepts far less fail fast instead of stalling.
-    args = make_config(max_reward_evaluations=600, samples_per_round=200, num_train_epochs=5,
-                       first_region_rejection_rate=0.9, target_rejection_rate=0.5, max_sampling_attempts=200)
+    args = make_config(
+        max_reward_evaluations=600,
+        samples_per_round=200,
+        num_train_epochs=5,
+        first_region_rejection_rate=0.9,
+        target_rejection_rate=0.5,
+        max_sampling_attempts=200,
+    )
     counting = CountingReward()
-    trainer = BanelTrainer(proposal, counting, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        proposal, counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     trainer.train()
     posterior_rate = success_rate(sample_texts(trainer.posterior.generate, tokenizer, 1000))
     assert posterior_rate > 3 * base_rate, (base_rate, posterior_rate)  # 0.52-0.80 against ~0.04, seeds 0-4
@@ -59,13 +66,28 @@ def test_banel_learns_from_failures_where_grpo_gets_no_gradient(
 
     policy = trainer.model.get_base_model()
     before = {name: p.detach().clone() for name, p in policy.named_parameters() if "lora" not in name}
-    grpo_args = GRPOConfig(str(tmp_path / "grpo"), per_device_train_batch_size=8, num_generations=8,
-                           max_completion_length=7, max_steps=2, learning_rate=1e-2, report_to="none",
-                           use_cpu=True, bf16=False, logging_steps=1, disable_tqdm=True)
+    grpo_args = GRPOConfig(
+        str(tmp_path / "grpo"),
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=7,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
     with trainer.model.disable_adapter():
         # GRPO cannot start from an empty prompt; any prompt shows the point.
-        grpo = GRPOTrainer(policy, always_fails, args=grpo_args, train_dataset=Dataset.from_dict({"prompt": ["a"]}),
-                           processing_class=tokenizer)
+        grpo = GRPOTrainer(
+            policy,
+            always_fails,
+            args=grpo_args,
+            train_dataset=Dataset.from_dict({"prompt": ["a"]}),
+            processing_class=tokenizer,
+        )
         for parameter in grpo.model.parameters():
             parameter.requires_grad_(True)
         grpo.train()
@@ -90,8 +112,9 @@ def test_budget_is_a_hard_cap_and_only_accepted_new_candidates_are_paid(
 
     counting = CountingReward(reward)
     args = make_config(max_reward_evaluations=130, samples_per_round=50)
-    trainer = BanelTrainer(proposal, counting, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        proposal, counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     trainer.train()
     assert len(counting.calls) == trainer.num_reward_evaluations == 130
     assert len(set(counting.calls)) == len(counting.calls), "a candidate was paid for twice"
@@ -113,8 +136,7 @@ def test_duplicates_are_free_and_still_count_as_samples(tokenizer, unconditional
     model = pretrain(tiny_qwen2(tokenizer), tokenizer, ["aaaaaa", "abcdab", "dddddd"] * 100, steps=150)
     counting = CountingReward()
     args = make_config(max_reward_evaluations=40, samples_per_round=20, max_sampling_attempts=5)
-    trainer = BanelTrainer(model, counting, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(model, counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer)
     trainer.train()
     assert len(set(counting.calls)) == len(counting.calls) == trainer.num_reward_evaluations <= 40
     assert trainer.ledger.repeats, "repeated samples should be recorded as free repeats"
@@ -123,8 +145,9 @@ def test_duplicates_are_free_and_still_count_as_samples(tokenizer, unconditional
 
 def test_successes_are_recorded_and_never_trained_on(proposal, tokenizer, unconditional_dataset, make_config):
     args = make_config(max_reward_evaluations=100, samples_per_round=50)
-    trainer = BanelTrainer(proposal, starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        proposal, starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     fitted = {}  # adapter -> what it was fit on: the negative models and, from round 1, the posterior references
     fit = trainer._fit_adapter
 
@@ -156,15 +179,21 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
         return counting(prompts=prompts, completions=completions, **kwargs)
 
     args = make_config(max_reward_evaluations=150, samples_per_round=50, generation_batch_size=32)
-    trainer = BanelTrainer(make_proposal(), crashes_on_third_batch, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(),
+        crashes_on_third_batch,
+        args=args,
+        train_dataset=unconditional_dataset,
+        processing_class=tokenizer,
+    )
     with pytest.raises(RuntimeError, match="crashes_on_third_batch.*ConnectionError"):
         trainer.train()
     paid_before = list(counting.calls)
     trainer.ledger.close()
 
-    resumed = BanelTrainer(make_proposal(), counting, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    resumed = BanelTrainer(
+        make_proposal(), counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     resumed.train()
     assert counting.calls[: len(paid_before)] == paid_before
     assert len(set(counting.calls)) == len(counting.calls) == resumed.num_reward_evaluations == 150
@@ -172,8 +201,9 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
 
     # A finished run resumed again pays nothing more and keeps its regions.
     resumed.ledger.close()
-    again = BanelTrainer(make_proposal(), counting, args=args, train_dataset=unconditional_dataset,
-                         processing_class=tokenizer)
+    again = BanelTrainer(
+        make_proposal(), counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     again.train()
     assert len(counting.calls) == 150
     assert [r.threshold for r in again.posterior.regions] == [r.threshold for r in resumed.posterior.regions]
@@ -184,8 +214,9 @@ def test_a_round_with_too_few_successes_adds_no_region_and_keeps_its_evaluations
 ):
     def train(name, reward, reference_min_successes):
         args = make_config(output_dir=str(tmp_path / name), reference_min_successes=reference_min_successes)
-        trainer = BanelTrainer(make_proposal(), reward, args=args, train_dataset=unconditional_dataset,
-                               processing_class=tokenizer)
+        trainer = BanelTrainer(
+            make_proposal(), reward, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+        )
         with caplog.at_level("WARNING", logger="banel_trl.trainer"):
             trainer.train()
         trainer.ledger.close()
@@ -211,15 +242,17 @@ def test_a_round_with_too_few_successes_adds_no_region_and_keeps_its_evaluations
 
 def test_torn_ledger_line_is_dropped_on_resume(make_proposal, tokenizer, unconditional_dataset, make_config):
     args = make_config(max_reward_evaluations=100, samples_per_round=50, num_rounds=1)
-    trainer = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     trainer.train()
     trainer.ledger.close()
     path = os.path.join(args.output_dir, LEDGER_NAME)
     with open(path, "a") as file:
         file.write('{"round": 1, "prompt": "", "compl')  # a crash in the middle of a write
-    resumed = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    resumed = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     resumed._open_ledger()
     assert resumed.num_reward_evaluations == 50
     with open(path) as file:
@@ -228,11 +261,13 @@ def test_torn_ledger_line_is_dropped_on_resume(make_proposal, tokenizer, uncondi
 
 def test_two_runs_cannot_share_an_output_dir(make_proposal, tokenizer, unconditional_dataset, make_config):
     args = make_config()
-    first = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                         processing_class=tokenizer)
+    first = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     first._open_ledger()
-    second = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                          processing_class=tokenizer)
+    second = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     with pytest.raises(RuntimeError, match="Another BaNEL run"):
         second.train()
 
@@ -242,28 +277,43 @@ def test_same_arguments_as_grpo_trainer(proposal, tokenizer, make_config, tmp_pa
     model_path = str(tmp_path / "tiny-model")
     proposal.save_pretrained(model_path)
     tokenizer.save_pretrained(model_path)
-    dataset = Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": "ab"}], [{"role": "user", "content": "cd"}]],
-        "target": ["b", "c"],
-    })
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": "ab"}], [{"role": "user", "content": "cd"}]],
+            "target": ["b", "c"],
+        }
+    )
     seen = {}
 
     def echoes_target(prompts, completions, target, **kwargs):
         seen.update(prompts=prompts, completions=completions, target=target)
-        return [float(c[0]["content"].startswith(t)) for c, t in zip(completions, target)]
+        return [float(c[0]["content"].startswith(t)) for c, t in zip(completions, target, strict=True)]
 
     def is_short(completions, **kwargs):
         return [None if len(c[0]["content"]) > 3 else 0.0 for c in completions]
 
-    grpo = GRPOTrainer(model=model_path, reward_funcs=[echoes_target, is_short],
-                       args=GRPOConfig(str(tmp_path / "grpo"), report_to="none", use_cpu=True, bf16=False,
-                                       per_device_train_batch_size=8, num_generations=8),
-                       train_dataset=dataset)
+    grpo = GRPOTrainer(
+        model=model_path,
+        reward_funcs=[echoes_target, is_short],
+        args=GRPOConfig(
+            str(tmp_path / "grpo"),
+            report_to="none",
+            use_cpu=True,
+            bf16=False,
+            per_device_train_batch_size=8,
+            num_generations=8,
+        ),
+        train_dataset=dataset,
+    )
     assert grpo.reward_func_names == ["echoes_target", "is_short"]
-    args = make_config(max_reward_evaluations=60, samples_per_round=30, num_generations=8, generation_batch_size=16,
-                       reward_weights=[1.0, 0.5])
-    trainer = BanelTrainer(model=model_path, reward_funcs=[echoes_target, is_short], args=args,
-                           train_dataset=dataset)
+    args = make_config(
+        max_reward_evaluations=60,
+        samples_per_round=30,
+        num_generations=8,
+        generation_batch_size=16,
+        reward_weights=[1.0, 0.5],
+    )
+    trainer = BanelTrainer(model=model_path, reward_funcs=[echoes_target, is_short], args=args, train_dataset=dataset)
     trainer.train()
     assert trainer.num_reward_evaluations == 60
     assert seen["prompts"][0][0]["role"] == "user" and seen["completions"][0][0]["role"] == "assistant"
@@ -274,8 +324,9 @@ def test_same_arguments_as_grpo_trainer(proposal, tokenizer, make_config, tmp_pa
 
 def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dataset, make_config, tmp_path):
     args = make_config(max_reward_evaluations=100, samples_per_round=50)
-    trainer = BanelTrainer(make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
     loaded = BanelPosterior.from_pretrained(str(tmp_path / "saved"), model=make_proposal())
@@ -283,8 +334,12 @@ def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dat
     candidates = trainer.posterior.propose(
         torch.full((64, 1), tokenizer.bos_token_id), torch.ones(64, 1, dtype=torch.long), trainer.generation_config
     )
-    batch = dict(prompt_ids=candidates.prompt_ids, prompt_mask=candidates.prompt_mask,
-                 completion_ids=candidates.completion_ids, completion_mask=candidates.completion_mask)
+    batch = dict(
+        prompt_ids=candidates.prompt_ids,
+        prompt_mask=candidates.prompt_mask,
+        completion_ids=candidates.completion_ids,
+        completion_mask=candidates.completion_mask,
+    )
     assert torch.equal(loaded.rejects(loaded.log_ratios(**batch)), candidates.accepted.logical_not())
     assert 0 < int(candidates.accepted.sum()) < 64
 
@@ -316,14 +371,35 @@ def test_bad_config_raises(make_config, overrides, message):
 def test_bad_trainer_arguments_raise(proposal, tokenizer, make_config, unconditional_dataset):
     args = make_config()
     with pytest.raises(ValueError, match="'prompt' column"):
-        BanelTrainer(proposal, starts_with_b, args=args, train_dataset=Dataset.from_dict({"text": ["a"]}),
-                     processing_class=tokenizer)
+        BanelTrainer(
+            proposal,
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"text": ["a"]}),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="empty"):
-        BanelTrainer(proposal, starts_with_b, args=args, train_dataset=Dataset.from_dict({"prompt": []}),
-                     processing_class=tokenizer)
+        BanelTrainer(
+            proposal,
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": []}),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="reward weights"):
-        BanelTrainer(proposal, starts_with_b, args=make_config(reward_weights=[1.0, 2.0]),
-                     train_dataset=unconditional_dataset, processing_class=tokenizer)
+        BanelTrainer(
+            proposal,
+            starts_with_b,
+            args=make_config(reward_weights=[1.0, 2.0]),
+            train_dataset=unconditional_dataset,
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="optimizer"):
-        BanelTrainer(proposal, starts_with_b, args=args, train_dataset=unconditional_dataset,
-                     processing_class=tokenizer, optimizers=(torch.optim.SGD(proposal.parameters(), lr=1), None))
+        BanelTrainer(
+            proposal,
+            starts_with_b,
+            args=args,
+            train_dataset=unconditional_dataset,
+            processing_class=tokenizer,
+            optimizers=(torch.optim.SGD(proposal.parameters(), lr=1), None),
+        )

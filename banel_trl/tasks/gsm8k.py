@@ -73,8 +73,9 @@ def load_gsm8k(
         dataset = load_dataset(dataset_name, dataset_config, split=split)
     missing = {"question", "answer"} - set(dataset.column_names)
     if missing:
-        raise ValueError(f"{dataset_name} lacks the GSM8K columns {sorted(missing)}; its columns are "
-                         f"{dataset.column_names}.")
+        raise ValueError(
+            f"{dataset_name} lacks the GSM8K columns {sorted(missing)}; its columns are {dataset.column_names}."
+        )
     return dataset
 
 
@@ -124,9 +125,12 @@ def estimate_success_rates(
             rows = min(batch_size, num_samples - start)
             input_ids, attention_mask = pad_prompts([prompt_ids] * rows, tokenizer.pad_token_id)
             device = model.device
-            sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                       generation_config=generation_config)
-            completions = tokenizer.batch_decode(sequences[:, input_ids.size(1):], skip_special_tokens=True)
+            sequences = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=generation_config,
+            )
+            completions = tokenizer.batch_decode(sequences[:, input_ids.size(1) :], skip_special_tokens=True)
             count += int(sum(gsm8k_exact_match(completions, [example["answer"]] * rows)))
         successes.append(count)
     return successes

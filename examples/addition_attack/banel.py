@@ -4,11 +4,10 @@ import os
 import time
 
 from datasets import Dataset
+from evaluation import encode_queries, posterior_success_rate, region_discrimination
 
 from banel_trl import BanelCallback, BanelConfig, BanelTrainer
 from banel_trl.tasks import addition_attack as task
-
-from evaluation import encode_queries, posterior_success_rate, region_discrimination
 
 
 class RoundProbe(BanelCallback):
@@ -32,16 +31,29 @@ class RoundProbe(BanelCallback):
             "acceptance_rate": metrics["acceptance_rate"],
             "successes": metrics["successes/total"],
             "seconds": time.time() - self.start,
-            **({"threshold": region.threshold, **region_discrimination(trainer.posterior, self.pool_batches)}
-               if added else {}),
+            **(
+                {"threshold": region.threshold, **region_discrimination(trainer.posterior, self.pool_batches)}
+                if added
+                else {}
+            ),
         }
         self.rounds.append(row)
-        print("    " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-              flush=True)
+        print(
+            "    " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+            flush=True,
+        )
 
 
-def run_banel(seed: int, reward, tokenizer, pool: dict, output_dir: str, eval_samples: int,
-              eval_max_proposals: int, config_overrides: dict) -> dict:
+def run_banel(
+    seed: int,
+    reward,
+    tokenizer,
+    pool: dict,
+    output_dir: str,
+    eval_samples: int,
+    eval_max_proposals: int,
+    config_overrides: dict,
+) -> dict:
     """Train BaNEL from the pretrained attacker with the shipped defaults (plus `config_overrides`), then evaluate."""
     start = time.time()
     config = BanelConfig(

@@ -9,12 +9,11 @@ import time
 
 import torch
 from datasets import Dataset
+from evaluation import model_success_rate, rate_summary
 from trl import GRPOConfig, GRPOTrainer
 
 from banel_trl.tasks import addition_attack as task
 from banel_trl.tasks.addition_attack import parse_query
-
-from evaluation import model_success_rate, rate_summary
 
 
 GENERATIONS_PER_STEP = 64
@@ -41,12 +40,12 @@ class MeteredReward:
         rewards = self.reward(completions=completions)
         self.nre += len(rewards)
         self.curve.append((self.nre, sum(rewards) / len(rewards)))
-        self.successes += [c for c, r in zip(completions, rewards) if r]
+        self.successes += [c for c, r in zip(completions, rewards, strict=True) if r]
         if self.bonus is None:
             return rewards
         # Syntax is free to check: an invalid query earns no bonus, else novelty alone drives the attacker off-format.
         valid = [parse_query(completion) is not None for completion in completions]
-        bonus = [b if ok else 0.0 for b, ok in zip(self.bonus(completions), valid)]
+        bonus = [b if ok else 0.0 for b, ok in zip(self.bonus(completions), valid, strict=True)]
         for start in range(0, len(bonus), NUM_GENERATIONS):
             group = range(start, start + NUM_GENERATIONS)
             failures = [bonus[i] for i in group if not rewards[i]]
@@ -77,7 +76,7 @@ class RNDBonus:
         def network():
             layers = [torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out)]
             for layer in layers[::2]:
-                torch.nn.init.normal_(layer.weight, std=layer.in_features ** -0.5, generator=generator)
+                torch.nn.init.normal_(layer.weight, std=layer.in_features**-0.5, generator=generator)
                 torch.nn.init.zeros_(layer.bias)
             return torch.nn.Sequential(*layers)
 
@@ -114,8 +113,16 @@ class PseudoCountBonus:
         return bonus
 
 
-def run_grpo(seed: int, reward, tokenizer, output_dir: str, budget: int, eval_samples: int, bonus: str | None,
-             learning_rate: float) -> dict:
+def run_grpo(
+    seed: int,
+    reward,
+    tokenizer,
+    output_dir: str,
+    budget: int,
+    eval_samples: int,
+    bonus: str | None,
+    learning_rate: float,
+) -> dict:
     """GRPOTrainer from the pretrained attacker with `budget` generations, each one reward evaluation."""
     start = time.time()
     bonuses = {None: None, "rnd": lambda: RNDBonus(seed), "pseudo_count": PseudoCountBonus}
@@ -135,18 +142,31 @@ def run_grpo(seed: int, reward, tokenizer, output_dir: str, budget: int, eval_sa
         use_cpu=True,
     )
     attacker = task.load_attacker()
-    trainer = GRPOTrainer(attacker, metered, args=config, processing_class=tokenizer,
-                          train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token] * 64}))
+    trainer = GRPOTrainer(
+        attacker,
+        metered,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token] * 64}),
+    )
     trainer.train()
     train_seconds = time.time() - start
     evaluation = model_success_rate(trainer.model, tokenizer, reward, eval_samples, seed + 1000)
-    return {"method": "grpo" if bonus is None else bonus, "seed": seed, **evaluation, "nre": metered.nre,
-            "training_successes": metered.successes, "curve": metered.curve, "train_seconds": train_seconds,
-            "seconds": time.time() - start}
+    return {
+        "method": "grpo" if bonus is None else bonus,
+        "seed": seed,
+        **evaluation,
+        "nre": metered.nre,
+        "training_successes": metered.successes,
+        "curve": metered.curve,
+        "train_seconds": train_seconds,
+        "seconds": time.time() - start,
+    }
 
 
-def run_temperature(seed: int, reward, tokenizer, budget: int, eval_samples: int,
-                    temperatures=(1.0, 1.5, 2.0, 2.5, 3.0)) -> dict:
+def run_temperature(
+    seed: int, reward, tokenizer, budget: int, eval_samples: int, temperatures=(1.0, 1.5, 2.0, 2.5, 3.0)
+) -> dict:
     """Spend the budget evenly on the pretrained attacker at each temperature; evaluate the one with most successes."""
     start = time.time()
     attacker = task.load_attacker()
@@ -157,12 +177,20 @@ def run_temperature(seed: int, reward, tokenizer, budget: int, eval_samples: int
         rewards = reward(completions=queries)
         trials[temperature] = sum(rewards)
         curve.append(((i + 1) * per_temperature, sum(rewards) / per_temperature))
-        training_successes += [q for q, r in zip(queries, rewards) if r]
+        training_successes += [q for q, r in zip(queries, rewards, strict=True) if r]
     best = max(temperatures, key=lambda t: (trials[t], -t))
     evaluation = model_success_rate(attacker, tokenizer, reward, eval_samples, seed + 1000, temperature=best)
-    return {"method": "temperature", "seed": seed, **evaluation, "nre": per_temperature * len(temperatures),
-            "temperature": best, "trials": trials, "training_successes": training_successes, "curve": curve,
-            "seconds": time.time() - start}
+    return {
+        "method": "temperature",
+        "seed": seed,
+        **evaluation,
+        "nre": per_temperature * len(temperatures),
+        "temperature": best,
+        "trials": trials,
+        "training_successes": training_successes,
+        "curve": curve,
+        "seconds": time.time() - start,
+    }
 
 
 def run_pretrained(seed: int, reward, tokenizer, eval_samples: int) -> dict:
@@ -181,7 +209,7 @@ def rule_based_queries(rng: random.Random, num_samples: int, allow_leading_zeros
         a, b = task.sample_query(rng)
         if allow_leading_zeros:
             a = "0" * rng.randint(1, task.MAX_DIGITS - 1) + str(a)
-            a = a[-task.MAX_DIGITS:] if len(a) > task.MAX_DIGITS else a
+            a = a[-task.MAX_DIGITS :] if len(a) > task.MAX_DIGITS else a
             queries.append(task.format_query(a, b))
         else:
             digits = task.MAX_DIGITS
@@ -196,5 +224,12 @@ def run_rule_based(seed: int, reward, tokenizer, eval_samples: int) -> dict:
     start = time.time()
     queries = rule_based_queries(random.Random(seed), eval_samples, reward.allow_leading_zeros)
     rewards = reward(completions=queries)
-    return {"method": "rule_based", "seed": seed, **rate_summary(int(sum(rewards)), eval_samples), "nre": 0,
-            "curve": [], "queries": [q for q, r in zip(queries, rewards) if r], "seconds": time.time() - start}
+    return {
+        "method": "rule_based",
+        "seed": seed,
+        **rate_summary(int(sum(rewards)), eval_samples),
+        "nre": 0,
+        "curve": [],
+        "queries": [q for q, r in zip(queries, rewards, strict=True) if r],
+        "seconds": time.time() - start,
+    }

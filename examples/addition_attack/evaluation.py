@@ -22,20 +22,35 @@ def auc(failure_scores: torch.Tensor, success_scores: torch.Tensor) -> float:
 
 def rate_summary(successes: int, samples: int) -> dict:
     low, high = clopper_pearson(successes, samples) if samples else (0.0, 1.0)
-    return {"successes": successes, "samples": samples, "success_rate": successes / max(samples, 1),
-            "ci95": [low, high]}
+    return {
+        "successes": successes,
+        "samples": samples,
+        "success_rate": successes / max(samples, 1),
+        "ci95": [low, high],
+    }
 
 
 def model_success_rate(model, tokenizer, reward, num_samples: int, seed: int, temperature: float = 1.0) -> dict:
     """Success rate of plain ancestral samples from `model` (the pretrained attacker or a fine-tuned one)."""
     queries = task.sample_queries(model, tokenizer, num_samples, batch_size=4000, temperature=temperature, seed=seed)
     rewards = reward(completions=queries)
-    return {**rate_summary(int(sum(rewards)), num_samples), "queries": [q for q, r in zip(queries, rewards) if r]}
+    return {
+        **rate_summary(int(sum(rewards)), num_samples),
+        "queries": [q for q, r in zip(queries, rewards, strict=True) if r],
+    }
 
 
 @torch.no_grad()
-def posterior_success_rate(posterior, tokenizer, reward, generation_config, num_samples: int,
-                           max_proposals: int, seed: int, batch_size: int = 8192) -> dict:
+def posterior_success_rate(
+    posterior,
+    tokenizer,
+    reward,
+    generation_config,
+    num_samples: int,
+    max_proposals: int,
+    seed: int,
+    batch_size: int = 8192,
+) -> dict:
     """
     Success rate of the BaNEL posterior on fresh samples: candidates from p_theta, filtered by every region, until
     `num_samples` are accepted or `max_proposals` were drawn. Only accepted samples are scored by the target.
@@ -51,8 +66,12 @@ def posterior_success_rate(posterior, tokenizer, reward, generation_config, num_
     accepted_texts = accepted_texts[:num_samples]
     rewards = reward(completions=accepted_texts)
     summary = rate_summary(int(sum(rewards)), len(accepted_texts))
-    return {**summary, "proposed": proposed, "acceptance_rate": len(accepted_texts) / proposed,
-            "queries": [q for q, r in zip(accepted_texts, rewards) if r]}
+    return {
+        **summary,
+        "proposed": proposed,
+        "acceptance_rate": len(accepted_texts) / proposed,
+        "queries": [q for q, r in zip(accepted_texts, rewards, strict=True) if r],
+    }
 
 
 def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: int, cache_dir: str) -> dict:
@@ -68,8 +87,8 @@ def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: 
     queries = task.sample_queries(attacker, tokenizer, num_samples, batch_size=4000, seed=12345)
     rewards = reward(completions=queries)
     pool = {
-        "successes": [q for q, r in zip(queries, rewards) if r],
-        "failures": [q for q, r in zip(queries, rewards) if not r][:num_failures],
+        "successes": [q for q, r in zip(queries, rewards, strict=True) if r],
+        "failures": [q for q, r in zip(queries, rewards, strict=True) if not r][:num_failures],
         "num_samples": num_samples,
         "seconds": time.time() - start,
     }
@@ -81,11 +100,15 @@ def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: 
 
 def encode_queries(tokenizer, queries: list[str]) -> dict:
     """Prompt (BOS) and completion (query + EOS) tensors, laid out as the negative fit and the posterior score them."""
-    return NegativesCollator(tokenizer.pad_token_id)([
-        {"prompt_ids": [tokenizer.bos_token_id],
-         "completion_ids": tokenizer.convert_tokens_to_ids(list(query)) + [tokenizer.eos_token_id]}
-        for query in queries
-    ])
+    return NegativesCollator(tokenizer.pad_token_id)(
+        [
+            {
+                "prompt_ids": [tokenizer.bos_token_id],
+                "completion_ids": tokenizer.convert_tokens_to_ids(list(query)) + [tokenizer.eos_token_id],
+            }
+            for query in queries
+        ]
+    )
 
 
 def region_discrimination(posterior, pool_batches: dict) -> dict:

@@ -18,9 +18,9 @@ import sys
 import torch
 
 from banel_trl import BanelPosterior, RejectionRegion
+from banel_trl.models import default_peft_config
 from banel_trl.posterior import completion_log_probs
 from banel_trl.tasks import addition_attack as task
-from banel_trl.trainer import default_peft_config
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,8 +29,14 @@ from evaluation import auc, encode_queries  # noqa: E402
 
 def sample_posterior(posterior, tokenizer, num_samples: int, seed: int, batch_size: int = 8192) -> list[str]:
     generation_config = posterior.generation_config
-    generation_config.update(do_sample=True, max_new_tokens=2 * task.MAX_DIGITS + 4, top_k=0, top_p=1.0,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    generation_config.update(
+        do_sample=True,
+        max_new_tokens=2 * task.MAX_DIGITS + 4,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
     texts = []
@@ -40,8 +46,16 @@ def sample_posterior(posterior, tokenizer, num_samples: int, seed: int, batch_si
     return texts[:num_samples]
 
 
-def fit_adapter(model, tokenizer, name: str, texts: list[str], epochs: int = 5, batch_size: int = 64,
-                learning_rate: float = 1e-3, seed: int = 0) -> None:
+def fit_adapter(
+    model,
+    tokenizer,
+    name: str,
+    texts: list[str],
+    epochs: int = 5,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+) -> None:
     torch.manual_seed(seed)
     model.add_adapter(name, default_peft_config())
     model.set_adapter(name)
@@ -93,8 +107,16 @@ def main(argv=None):
         fit_adapter(posterior.model, tokenizer, name, examples)
     batch = encode_queries(tokenizer, held_out)
     scores = {name: posterior.log_ratios(**batch, regions=[RejectionRegion(name, 0.0, 1)])[:, 0] for name in fits}
-    print(json.dumps({"run_dir": args.run_dir, "fit_sizes": {name: len(v) for name, v in fits.items()},
-                      "eval_samples": len(held_out), "eval_successes": int(labels.sum())}))
+    print(
+        json.dumps(
+            {
+                "run_dir": args.run_dir,
+                "fit_sizes": {name: len(v) for name, v in fits.items()},
+                "eval_samples": len(held_out),
+                "eval_successes": int(labels.sum()),
+            }
+        )
+    )
     for label, score in [
         ("round 1 failures vs p_theta", scores["round_1_failures"]),
         ("all failures vs p_theta", scores["all_failures"]),

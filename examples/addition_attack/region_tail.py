@@ -37,9 +37,12 @@ def summarize(path: str) -> str:
     tables = []
     for (variant, epochs), results in sorted(groups.items()):
         results.sort(key=lambda result: result["seed"])
-        lines = [f"{variant}, {epochs:g} epochs, {results[0]['num_failures']} failures fit", "",
-                 "| failures rejected | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean gain |",
-                 "|---|" + "---|" * (len(results) + 1)]
+        lines = [
+            f"{variant}, {epochs:g} epochs, {results[0]['num_failures']} failures fit",
+            "",
+            "| failures rejected | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean gain |",
+            "|---|" + "---|" * (len(results) + 1),
+        ]
         for i, rate in enumerate(results[0]["rates"]):
             cells = [f"{r['rates'][i]['keeps_successes']:.2f} ({r['rates'][i]['gain']:.1f}x)" for r in results]
             mean_gain = statistics.mean(r["rates"][i]["gain"] for r in results)
@@ -69,34 +72,57 @@ def main(argv=None):
 
     tokenizer = task.load_tokenizer()
     reward = task.AdditionAttackReward(task.load_target(), tokenizer, allow_leading_zeros=not args.no_leading_zeros)
-    pool = reference_pool(tokenizer, task.load_attacker(), reward, args.pool_samples, args.pool_failures,
-                          args.cache_dir)
+    pool = reference_pool(
+        tokenizer, task.load_attacker(), reward, args.pool_samples, args.pool_failures, args.cache_dir
+    )
     config = BanelConfig(
-        output_dir=tempfile.mkdtemp(), seed=args.seed, max_completion_length=2 * task.MAX_DIGITS + 4,
-        max_reward_evaluations=args.num_failures, samples_per_round=args.num_failures, num_train_epochs=args.epochs,
-        generation_batch_size=4096, scoring_batch_size=4096, use_cpu=True, report_to="none", disable_tqdm=True,
+        output_dir=tempfile.mkdtemp(),
+        seed=args.seed,
+        max_completion_length=2 * task.MAX_DIGITS + 4,
+        max_reward_evaluations=args.num_failures,
+        samples_per_round=args.num_failures,
+        num_train_epochs=args.epochs,
+        generation_batch_size=4096,
+        scoring_batch_size=4096,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
         logging_strategy="no",
     )
-    trainer = BanelTrainer(task.DEFAULT_ATTACKER_PATH, reward, args=config, processing_class=tokenizer,
-                           train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token]}))
+    trainer = BanelTrainer(
+        task.DEFAULT_ATTACKER_PATH,
+        reward,
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token]}),
+    )
     trainer.train()
     scores = {
         kind: trainer.posterior.log_ratios(**encode_queries(tokenizer, pool[kind]))[:, 0].float()
         for kind in ("successes", "failures")
     }
-    result = {"num_failures": args.num_failures, "epochs": args.epochs, "seed": args.seed,
-              "variant": "no_leading_zeros" if args.no_leading_zeros else "leading_zeros",
-              "auc": auc(scores["failures"], scores["successes"]), "rates": []}
+    result = {
+        "num_failures": args.num_failures,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "variant": "no_leading_zeros" if args.no_leading_zeros else "leading_zeros",
+        "auc": auc(scores["failures"], scores["successes"]),
+        "rates": [],
+    }
     for rate in args.rates:
         threshold = torch.quantile(scores["failures"], 1.0 - rate)
-        kept = [query for query, score in zip(pool["successes"], scores["successes"]) if score <= threshold]
-        result["rates"].append({
-            "rejects_failures": rate,
-            "keeps_successes": len(kept) / len(pool["successes"]),
-            "gain": len(kept) / len(pool["successes"]) / (1.0 - rate),
-            "kept_with_leading_zero": sum(any(map(task.has_leading_zero, task.parse_query(q))) for q in kept),
-            "kept": len(kept),
-        })
+        kept = [
+            query for query, score in zip(pool["successes"], scores["successes"], strict=True) if score <= threshold
+        ]
+        result["rates"].append(
+            {
+                "rejects_failures": rate,
+                "keeps_successes": len(kept) / len(pool["successes"]),
+                "gain": len(kept) / len(pool["successes"]) / (1.0 - rate),
+                "kept_with_leading_zero": sum(any(map(task.has_leading_zero, task.parse_query(q))) for q in kept),
+                "kept": len(kept),
+            }
+        )
     print(json.dumps(result))
     if args.results:
         with open(args.results, "a") as file:

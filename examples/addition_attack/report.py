@@ -46,8 +46,11 @@ def base_rate(results: list[dict], variant: str, tag: str, pretrained_mean: floa
     for a file that has no pretrained run.
     """
     for wanted in (tag, ""):
-        rates = [r["success_rate"] for r in results
-                 if (r["method"], r["variant"], r["tag"]) == ("pretrained", variant, wanted)]
+        rates = [
+            r["success_rate"]
+            for r in results
+            if (r["method"], r["variant"], r["tag"]) == ("pretrained", variant, wanted)
+        ]
         if rates:
             return statistics.mean(rates)
     return pretrained_mean or float("nan")
@@ -64,17 +67,21 @@ def table(results: list[dict], pretrained_mean: float | None = None) -> str:
     lines = []
     for variant, tag in sorted({key[:2] for key in groups}):
         base_mean = base_rate(results, variant, tag, pretrained_mean)
-        lines += [f"\n{variant}{' / ' + tag if tag else ''} (pretrained mean {base_mean:.3g})\n",
-                  "| method | seeds | mean | median | std | improvement (mean / pretrained mean) "
-                  "| min seed improvement | distinct successful queries (per seed) | NREs | eval samples "
-                  "| successes with leading zero | with carry chain >= 2 | minutes/seed |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\n{variant}{' / ' + tag if tag else ''} (pretrained mean {base_mean:.3g})\n",
+            "| method | seeds | mean | median | std | improvement (mean / pretrained mean) "
+            "| min seed improvement | distinct successful queries (per seed) | NREs | eval samples "
+            "| successes with leading zero | with carry chain >= 2 | minutes/seed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for (v, t, method), runs in sorted(groups.items(), key=lambda item: item[0]):
             if (v, t) != (variant, tag):
                 continue
             rates = [r["success_rate"] for r in runs]
             # No pretrained success in a small evaluation leaves the improvement undefined, not infinite.
-            improvement = (lambda rate: f"{rate / base_mean:.1f}x") if base_mean > 0 else (lambda rate: "n/a")
+            improvement = (
+                (lambda rate, base=base_mean: f"{rate / base:.1f}x") if base_mean > 0 else (lambda rate: "n/a")
+            )
             modes = failure_modes([q for r in runs for q in r.get("queries", [])])
             lines.append(
                 f"| {method} | {len(runs)} | {statistics.mean(rates):.3g} | {statistics.median(rates):.3g} | "
@@ -93,16 +100,23 @@ def discrimination_table(results: list[dict]) -> str:
     for result in results:
         for row in result.get("rounds", []):
             rounds[(result["variant"], result["tag"], row["round"])].append(row)
-    lines = ["| variant / tag | round | seeds | AUC | successes rejected | failures rejected | posterior acceptance "
-             "| success rate of the round's paid samples |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant / tag | round | seeds | AUC | successes rejected | failures rejected | posterior acceptance "
+        "| success rate of the round's paid samples |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (variant, tag, k), rows in sorted(rounds.items()):
         # A region's AUC is undefined (NaN) once no pool success is left, and a round may add no region: average
         # over the seeds where it is defined.
-        mean = {key: statistics.mean([r[key] for r in rows if not math.isnan(r.get(key, math.nan))] or [math.nan])
-                for key in ("auc", "rejects_successes", "rejects_failures", "acceptance_rate", "round_success_rate")}
-        lines.append(f"| {variant}{' / ' + tag if tag else ''} | {k} | {len(rows)} | {mean['auc']:.3f} | "
-                     f"{mean['rejects_successes']:.3f} | {mean['rejects_failures']:.3f} | "
-                     f"{mean['acceptance_rate']:.2e} | {mean['round_success_rate']:.4f} |")
+        mean = {
+            key: statistics.mean([r[key] for r in rows if not math.isnan(r.get(key, math.nan))] or [math.nan])
+            for key in ("auc", "rejects_successes", "rejects_failures", "acceptance_rate", "round_success_rate")
+        }
+        lines.append(
+            f"| {variant}{' / ' + tag if tag else ''} | {k} | {len(rows)} | {mean['auc']:.3f} | "
+            f"{mean['rejects_successes']:.3f} | {mean['rejects_failures']:.3f} | "
+            f"{mean['acceptance_rate']:.2e} | {mean['round_success_rate']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,21 +125,30 @@ def per_seed_table(results: list[dict], pretrained_mean: float) -> str:
     BaNEL per tag and seed: each region on the reference pool, round 1's paid samples, and the final posterior with its
     improvement over `pretrained_mean`.
     """
-    lines = ["| tag | seed | round 0 region AUC (successes / failures rejected) | round 1 paid samples: success rate "
-             "(successes) | round 1 region AUC (successes / failures rejected) | final success rate (successes / "
-             "eval samples) | improvement | minutes |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tag | seed | round 0 region AUC (successes / failures rejected) | round 1 paid samples: success rate "
+        "(successes) | round 1 region AUC (successes / failures rejected) | final success rate (successes / "
+        "eval samples) | improvement | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for result in sorted(results, key=lambda r: (r["tag"], r["seed"])):
         if result["method"] != "banel" or len(result.get("rounds", [])) < 2:
             continue
-        cells = [f"{r['auc']:.2f} ({r['rejects_successes']:.2f} / {r['rejects_failures']:.3f})" if "auc" in r
-                 else "no region" for r in result["rounds"][:2]]
+        cells = [
+            f"{r['auc']:.2f} ({r['rejects_successes']:.2f} / {r['rejects_failures']:.3f})"
+            if "auc" in r
+            else "no region"
+            for r in result["rounds"][:2]
+        ]
         paid = result["rounds"][1]
         gain = result["success_rate"] / pretrained_mean if pretrained_mean > 0 else float("nan")
         improvement = "n/a" if gain != gain else f"{gain:.0f}x" if gain >= 10 else f"{gain:.1f}x"
-        lines.append(f"| {result['tag'] or '-'} | {result['seed']} | {cells[0]} | {paid['round_success_rate']:.4f} "
-                     f"({paid['successes'] - result['rounds'][0]['successes']}) | {cells[1]} | "
-                     f"{result['success_rate']:.4f} ({result['successes']} / {result['samples']}) | "
-                     f"{improvement} | {result['seconds'] / 60:.0f} |")
+        lines.append(
+            f"| {result['tag'] or '-'} | {result['seed']} | {cells[0]} | {paid['round_success_rate']:.4f} "
+            f"({paid['successes'] - result['rounds'][0]['successes']}) | {cells[1]} | "
+            f"{result['success_rate']:.4f} ({result['successes']} / {result['samples']}) | "
+            f"{improvement} | {result['seconds'] / 60:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -156,8 +179,14 @@ def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: st
                 for nre, rate in curve:
                     bins[-(-nre // 750) * 750].append(rate)
             xs = sorted(bins)
-            axis.plot(xs, [max(statistics.mean(bins[x]), FLOOR) for x in xs], color=color, marker="o", ms=3,
-                      label=f"{method} (samples while training)")
+            axis.plot(
+                xs,
+                [max(statistics.mean(bins[x]), FLOOR) for x in xs],
+                color=color,
+                marker="o",
+                ms=3,
+                label=f"{method} (samples while training)",
+            )
         axis.axhline(max(final, FLOOR), color=color, ls="--", lw=1, label=f"{method} final ({final:.2g})")
     axis.set_yscale("log")
     axis.set_ylim(FLOOR / 2, 1.5)
@@ -175,14 +204,19 @@ def main():
     parser.add_argument("--plot", help="PNG path for the success-rate-vs-NREs plot")
     parser.add_argument("--variant", default="leading_zeros")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--pretrained_mean", type=float,
-                        help="base success rate for the improvements when the file has no pretrained run")
+    parser.add_argument(
+        "--pretrained_mean",
+        type=float,
+        help="base success rate for the improvements when the file has no pretrained run",
+    )
     args = parser.parse_args()
     results = load(args.results)
     print(table(results, args.pretrained_mean))
     print("\nBaNEL regions per round (reference pool: pretrained samples the earlier regions accept)\n")
     print(discrimination_table(results))
-    print("\nBaNEL per seed (regions on the reference pool; the pool's successes left after the first region are few)\n")
+    print(
+        "\nBaNEL per seed (regions on the reference pool; the pool's successes left after the first region are few)\n"
+    )
     print(per_seed_table(results, base_rate(results, args.variant, "", args.pretrained_mean)))
     if args.plot:
         plot(results, args.plot, args.variant, args.tag)

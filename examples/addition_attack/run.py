@@ -49,28 +49,53 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=int, default=7500, help="reward evaluations per method and seed")
     parser.add_argument("--eval_samples", type=int, default=60_000, help="fresh samples to measure a success rate")
-    parser.add_argument("--eval_max_proposals", type=int, default=1_000_000,
-                        help="BaNEL: stop drawing posterior samples for evaluation after this many proposals")
-    parser.add_argument("--pool_samples", type=int, default=200_000,
-                        help="pretrained samples in the reference pool that measures each region's AUC")
+    parser.add_argument(
+        "--eval_max_proposals",
+        type=int,
+        default=1_000_000,
+        help="BaNEL: stop drawing posterior samples for evaluation after this many proposals",
+    )
+    parser.add_argument(
+        "--pool_samples",
+        type=int,
+        default=200_000,
+        help="pretrained samples in the reference pool that measures each region's AUC",
+    )
     parser.add_argument("--pool_failures", type=int, default=20_000, help="failures of the pool kept for the AUC")
     parser.add_argument("--no_leading_zeros", action="store_true", help="the harder variant: leading zeros earn 0")
-    parser.add_argument("--grpo_learning_rates", nargs=3, type=float, default=[1e-3, 1e-4, 1e-3],
-                        metavar=("GRPO", "RND", "PSEUDO_COUNT"),
-                        help="learning rates of the GRPOTrainer methods: the better of 1e-4 and 1e-3 on seed 0")
-    parser.add_argument("--banel", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="BanelConfig overrides on top of the shipped defaults")
+    parser.add_argument(
+        "--grpo_learning_rates",
+        nargs=3,
+        type=float,
+        default=[1e-3, 1e-4, 1e-3],
+        metavar=("GRPO", "RND", "PSEUDO_COUNT"),
+        help="learning rates of the GRPOTrainer methods: the better of 1e-4 and 1e-3 on seed 0",
+    )
+    parser.add_argument(
+        "--banel",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="BanelConfig overrides on top of the shipped defaults",
+    )
     parser.add_argument("--tag", default="", help="label stored with each result (ablations)")
-    parser.add_argument("--quick", action="store_true",
-                        help="defaults for a pipeline check: seed 0, budget 1500, 10k evaluation samples, 50k pool, "
-                        "and BaNEL's first region at 0.9")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="defaults for a pipeline check: seed 0, budget 1500, 10k evaluation samples, 50k pool, "
+        "and BaNEL's first region at 0.9",
+    )
     parser.add_argument("--cache_dir", default=CACHE_DIR, help="where the reference pool is cached")
-    parser.add_argument("--keep_runs", metavar="DIR",
-                        help="keep each BaNEL run's output_dir (ledger, regions) under DIR instead of discarding it")
+    parser.add_argument(
+        "--keep_runs",
+        metavar="DIR",
+        help="keep each BaNEL run's output_dir (ledger, regions) under DIR instead of discarding it",
+    )
     parser.add_argument("--threads", type=int, default=1)
     if parser.parse_known_args(argv)[0].quick:
-        parser.set_defaults(seeds=[0], budget=1500, eval_samples=10_000, eval_max_proposals=100_000,
-                            pool_samples=50_000)
+        parser.set_defaults(
+            seeds=[0], budget=1500, eval_samples=10_000, eval_max_proposals=100_000, pool_samples=50_000
+        )
     return parser.parse_args(argv)
 
 
@@ -92,7 +117,7 @@ def main(argv=None):
     overrides = {"max_reward_evaluations": args.budget, "samples_per_round": -(-args.budget // 2)}
     if args.quick:  # a pipeline check: a first region at 0.9, so that its posterior is sampled within the time
         overrides["first_region_rejection_rate"] = 0.9
-    overrides.update(dict((key, parse_value(value)) for key, value in (item.split("=", 1) for item in args.banel)))
+    overrides.update({key: parse_value(value) for key, value in (item.split("=", 1) for item in args.banel)})
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     pool = None
     for seed in args.seeds:
@@ -104,31 +129,51 @@ def main(argv=None):
             print(f"{method} seed {seed} ({variant}, budget {args.budget}) ...", flush=True)
             start = time.time()
             if method == "banel":
-                pool = pool or reference_pool(tokenizer, task.load_attacker(), reward, args.pool_samples,
-                                              args.pool_failures, args.cache_dir)
+                pool = pool or reference_pool(
+                    tokenizer, task.load_attacker(), reward, args.pool_samples, args.pool_failures, args.cache_dir
+                )
                 name = f"banel_{variant}_{args.tag}_seed{seed}".replace("__", "_")
                 kept = contextlib.nullcontext(os.path.join(args.keep_runs, name)) if args.keep_runs else None
                 with kept or tempfile.TemporaryDirectory() as output_dir:
-                    result = run_banel(seed, reward, tokenizer, pool, output_dir, args.eval_samples,
-                                       args.eval_max_proposals, overrides)
+                    result = run_banel(
+                        seed,
+                        reward,
+                        tokenizer,
+                        pool,
+                        output_dir,
+                        args.eval_samples,
+                        args.eval_max_proposals,
+                        overrides,
+                    )
                 result["overrides"] = overrides
             elif method in ("grpo", "rnd", "pseudo_count"):
                 with tempfile.TemporaryDirectory() as output_dir:
-                    result = run_grpo(seed, reward, tokenizer, output_dir, args.budget, args.eval_samples,
-                                      bonus=None if method == "grpo" else method,
-                                      learning_rate=dict(zip(["grpo", "rnd", "pseudo_count"],
-                                                             args.grpo_learning_rates))[method])
+                    result = run_grpo(
+                        seed,
+                        reward,
+                        tokenizer,
+                        output_dir,
+                        args.budget,
+                        args.eval_samples,
+                        bonus=None if method == "grpo" else method,
+                        learning_rate=dict(
+                            zip(["grpo", "rnd", "pseudo_count"], args.grpo_learning_rates, strict=True)
+                        )[method],
+                    )
             elif method == "temperature":
                 result = run_temperature(seed, reward, tokenizer, args.budget, args.eval_samples)
             elif method == "pretrained":
                 result = run_pretrained(seed, reward, tokenizer, args.eval_samples)
             else:
                 result = run_rule_based(seed, reward, tokenizer, args.eval_samples)
-            result.update(variant=variant, tag=args.tag, budget=args.budget, seconds=time.time() - start,
-                          threads=args.threads)
-            print(f"{method} seed {seed}: success rate {result['success_rate']:.3g} "
-                  f"({result['successes']}/{result['samples']}), {result['nre']} NREs, {result['seconds']:.0f} s",
-                  flush=True)
+            result.update(
+                variant=variant, tag=args.tag, budget=args.budget, seconds=time.time() - start, threads=args.threads
+            )
+            print(
+                f"{method} seed {seed}: success rate {result['success_rate']:.3g} "
+                f"({result['successes']}/{result['samples']}), {result['nre']} NREs, {result['seconds']:.0f} s",
+                flush=True,
+            )
             with open(args.results, "a") as file:
                 fcntl.flock(file, fcntl.LOCK_EX)  # one whole line per result, whoever else appends
                 file.write(json.dumps(result) + "\n")

@@ -71,12 +71,19 @@ def run(name: str, options) -> dict:
                 num_train_epochs=1,
                 **common,
             )
-            trainer = BanelTrainer(model, random_reward, args=args, train_dataset=dataset,
-                                   processing_class=tokenizer, peft_config=lora)
+            trainer = BanelTrainer(
+                model, random_reward, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora
+            )
         else:
             args = GRPOConfig(output_dir=output_dir, max_steps=options.rounds, **common)
-            trainer = GRPOTrainer(model, random_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                  peft_config=lora if name == "grpo_lora" else None)
+            trainer = GRPOTrainer(
+                model,
+                random_reward,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=lora if name == "grpo_lora" else None,
+            )
         trainer.train()
     return {"run": name, "device": device, "after_model": after_model, "peak": peak_bytes()}
 
@@ -105,11 +112,13 @@ def main():
         results[name] = json.loads(output.strip().splitlines()[-1])
     mib = 2**20
     model = tiny_qwen2(char_tokenizer("abcd"), hidden_size=options.hidden_size, num_layers=options.num_layers)
-    print(f"Qwen2 hidden {options.hidden_size} x {options.num_layers} layers "
-          f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), "
-          f"device {results['banel']['device']}, "
-          f"{options.generation_batch_size} completions of {options.max_completion_length} tokens per generation "
-          f"batch, train batch {options.batch_size}")
+    print(
+        f"Qwen2 hidden {options.hidden_size} x {options.num_layers} layers "
+        f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), "
+        f"device {results['banel']['device']}, "
+        f"{options.generation_batch_size} completions of {options.max_completion_length} tokens per generation "
+        f"batch, train batch {options.batch_size}"
+    )
     for name, result in results.items():
         added = (result["peak"] - result["after_model"]) / mib
         print(f"{name:9s}: peak {result['peak'] / mib:8.1f} MiB, {added:8.1f} MiB above the loaded model")

@@ -67,11 +67,25 @@ def main():
     tokenizer, model = rare_b_proposal(seed=options.seed, length=LENGTH)
     _, base_rate, base_speed = sample(model.generate, tokenizer, options.eval_samples)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = BanelConfig(output_dir=output_dir, max_reward_evaluations=options.budget, samples_per_round=200,
-                           max_completion_length=LENGTH + 1, num_generations=32, generation_batch_size=64,
-                           report_to="none", use_cpu=True, disable_tqdm=True, seed=options.seed)
-        trainer = BanelTrainer(model, starts_with_b, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}),
-                               processing_class=tokenizer)
+        args = BanelConfig(
+            output_dir=output_dir,
+            max_reward_evaluations=options.budget,
+            samples_per_round=200,
+            max_completion_length=LENGTH + 1,
+            num_generations=32,
+            generation_batch_size=64,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=options.seed,
+        )
+        trainer = BanelTrainer(
+            model,
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": [""]}),
+            processing_class=tokenizer,
+        )
         trainer.train()
     posterior = trainer.posterior
     posterior.max_sampling_attempts = 10_000
@@ -85,10 +99,15 @@ def main():
     distil_seconds = time.perf_counter() - start
     _, distilled_rate, distilled_speed = sample(trainer.model.generate, tokenizer, options.eval_samples)
 
-    print(f"toy task, {options.budget} NREs, {len(posterior.regions)} regions; distilled on {options.distill_samples} "
-          f"posterior samples, {options.epochs} epochs ({distil_seconds:.1f}s); {torch.get_num_threads()} thread(s)")
-    for name, rate, speed in [("p_theta", base_rate, base_speed), ("exact posterior", exact_rate, exact_speed),
-                              ("distilled adapter", distilled_rate, distilled_speed)]:
+    print(
+        f"toy task, {options.budget} NREs, {len(posterior.regions)} regions; distilled on {options.distill_samples} "
+        f"posterior samples, {options.epochs} epochs ({distil_seconds:.1f}s); {torch.get_num_threads()} thread(s)"
+    )
+    for name, rate, speed in [
+        ("p_theta", base_rate, base_speed),
+        ("exact posterior", exact_rate, exact_speed),
+        ("distilled adapter", distilled_rate, distilled_speed),
+    ]:
         print(f"{name:17s}: success rate {rate:.4f} ({rate / base_rate:5.1f}x p_theta), {speed:8.1f} samples/s")
 
 

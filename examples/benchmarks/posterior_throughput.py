@@ -65,8 +65,11 @@ def main():
     parser.add_argument("--prompt_length", type=int, default=1, help="BOS then random tokens: prompt cost of scoring")
     parser.add_argument("--lora_rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--score_p_theta_afresh", action="store_true",
-                        help="score p_theta with a forward pass instead of taking it from generation's logits")
+    parser.add_argument(
+        "--score_p_theta_afresh",
+        action="store_true",
+        help="score p_theta with a forward pass instead of taking it from generation's logits",
+    )
     options = parser.parse_args()
     if options.score_p_theta_afresh:
         posterior_module.MAX_GENERATION_LOGITS = 0
@@ -136,11 +139,11 @@ def main():
             "completion_mask": proposal.completion_mask,
         }
         with torch.no_grad():
-            mixed, full = timed(lambda: posterior.log_ratios(**batch))
+            mixed, full = timed(lambda batch=batch: posterior.log_ratios(**batch))
             looped, _ = timed(
-                lambda: one_pass_per_region(model, posterior.regions, batch, posterior.scoring_batch_size)
+                lambda batch=batch: one_pass_per_region(model, posterior.regions, batch, posterior.scoring_batch_size)
             )
-            early, _ = timed(lambda: posterior.log_ratios(**batch, stop_at_rejection=True))
+            early, _ = timed(lambda batch=batch: posterior.log_ratios(**batch, stop_at_rejection=True))
         rows_scored = options.batch_size + int((~proposal.log_ratios.isnan()).sum())
         print(
             f"      scoring {options.batch_size} candidates: all regions, mixed-adapter forwards {mixed:.3f}s | one "

@@ -62,17 +62,21 @@ def main():
         "completion_ids": vocab[torch.randint(len(vocab), (options.candidates, options.length))],
         "completion_mask": torch.ones(options.candidates, options.length, dtype=torch.long),
     }
-    print(f"{options.candidates} candidates of {options.length} tokens, Qwen2 hidden {options.hidden_size} x 4 "
-          f"layers, {torch.get_num_threads()} CPU threads")
+    print(
+        f"{options.candidates} candidates of {options.length} tokens, Qwen2 hidden {options.hidden_size} x 4 "
+        f"layers, {torch.get_num_threads()} CPU threads"
+    )
     for num_regions in options.regions:
         regions = [RejectionRegion(f"region_{k}", 0.0, k) for k in range(num_regions)]
         posterior = BanelPosterior(model, regions, scoring_batch_size=options.scoring_batch_size)
         timings = {}
         with torch.no_grad():
             for name, score in [
-                ("mixed-adapter batch", lambda: posterior.log_ratios(**batch)),
-                ("one pass per region", lambda: one_pass_per_region(model, regions, batch,
-                                                                    options.scoring_batch_size)),
+                ("mixed-adapter batch", lambda posterior=posterior: posterior.log_ratios(**batch)),
+                (
+                    "one pass per region",
+                    lambda regions=regions: one_pass_per_region(model, regions, batch, options.scoring_batch_size),
+                ),
             ]:
                 score()  # warm-up
                 start = time.perf_counter()
@@ -81,8 +85,10 @@ def main():
                 timings[name] = ((time.perf_counter() - start) / options.repeats, result)
         (mixed, a), (looped, b) = timings["mixed-adapter batch"], timings["one pass per region"]
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
-        print(f"K={num_regions:2d}: mixed-adapter batch {mixed:.3f}s, one pass per region {looped:.3f}s "
-              f"({looped / mixed:.2f}x)")
+        print(
+            f"K={num_regions:2d}: mixed-adapter batch {mixed:.3f}s, one pass per region {looped:.3f}s "
+            f"({looped / mixed:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -94,10 +94,18 @@ def run(seed: int, options) -> dict:
             logging_strategy="no",
             seed=seed,
         )
-        peft_config = LoraConfig(r=options.rank, lora_alpha=2 * options.rank, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-        trainer = BanelTrainer(model, starts_with_b, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}),
-                               processing_class=tokenizer, callbacks=[probe], peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=options.rank, lora_alpha=2 * options.rank, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        trainer = BanelTrainer(
+            model,
+            starts_with_b,
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": [""]}),
+            processing_class=tokenizer,
+            callbacks=[probe],
+            peft_config=peft_config,
+        )
         with torch.no_grad(), trainer.model.disable_adapter():
             base = trainer.model.generate(
                 torch.full((options.probe_samples, 1), tokenizer.bos_token_id),
@@ -107,7 +115,11 @@ def run(seed: int, options) -> dict:
         print(f"seed {seed}: base success rate {base_rate:.4f}")
         trainer.train()
     final = probe.rounds[-1]
-    return {"base": base_rate, "final": final["success_rate"], "mean_auc": statistics.mean(r["auc"] for r in probe.rounds)}
+    return {
+        "base": base_rate,
+        "final": final["success_rate"],
+        "mean_auc": statistics.mean(r["auc"] for r in probe.rounds),
+    }
 
 
 def main():
@@ -131,9 +143,11 @@ def main():
     results = [run(seed, options) for seed in options.seeds]
     gains = [r["final"] / r["base"] for r in results]
     print(f"mean AUC over rounds and seeds: {statistics.mean(r['mean_auc'] for r in results):.3f}")
-    print(f"final posterior success rate: {statistics.mean(r['final'] for r in results):.4f} "
-          f"(base {statistics.mean(r['base'] for r in results):.4f}); improvement per seed: "
-          + ", ".join(f"{g:.1f}x" for g in gains))
+    print(
+        f"final posterior success rate: {statistics.mean(r['final'] for r in results):.4f} "
+        f"(base {statistics.mean(r['base'] for r in results):.4f}); improvement per seed: "
+        + ", ".join(f"{g:.1f}x" for g in gains)
+    )
 
 
 if __name__ == "__main__":

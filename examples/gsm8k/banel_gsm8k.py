@@ -29,6 +29,7 @@ from trl import ModelConfig, TrlParser
 
 from banel_trl import BanelCallback, BanelConfig, BanelTrainer, PosteriorAcceptanceError
 from banel_trl.report import clopper_pearson
+from banel_trl.sampling import generation_config as banel_generation_config
 from banel_trl.tasks.gsm8k import (
     DEFAULT_INSTRUCTION,
     estimate_success_rates,
@@ -110,8 +111,9 @@ def measure(trainer: BanelTrainer, eval_dataset: Dataset, round_index: int, best
     else:
         num_samples = metrics["eval_num_samples"]
         successes = round(metrics["eval_success_rate"] * num_samples)
-        point.update(success_rate=successes / num_samples, ci=clopper_pearson(successes, num_samples),
-                     num_samples=num_samples)
+        point.update(
+            success_rate=successes / num_samples, ci=clopper_pearson(successes, num_samples), num_samples=num_samples
+        )
     if best is None or (point["success_rate"] is not None and point["success_rate"] > best["best_success_rate"]):
         point.update(best_success_rate=point["success_rate"], best_ci=point["ci"])
     else:
@@ -119,8 +121,14 @@ def measure(trainer: BanelTrainer, eval_dataset: Dataset, round_index: int, best
     return point
 
 
-def run_question(index: int, example: dict, gsm8k_args: GSM8KArguments, training_args: BanelConfig,
-                 model_args: ModelConfig, tokenizer) -> dict:
+def run_question(
+    index: int,
+    example: dict,
+    gsm8k_args: GSM8KArguments,
+    training_args: BanelConfig,
+    model_args: ModelConfig,
+    tokenizer,
+) -> dict:
     """One BaNEL run on one question, in `output_dir/question_<index>`; returns its success-rate curve."""
     args = dataclasses.replace(training_args, output_dir=os.path.join(training_args.output_dir, f"question_{index}"))
     train_dataset = Dataset.from_list([example])
@@ -157,11 +165,19 @@ def plot_results(results: list[dict], path: str) -> None:
     for result in results:
         points = [p for p in result["curve"] if p["best_success_rate"] is not None]
         nres = [p["nre_used"] for p in points]
-        line, = ax.plot(nres, [p["best_success_rate"] for p in points], "o-", label=f"question {result['index']}")
-        ax.fill_between(nres, [p["best_ci"][0] for p in points], [p["best_ci"][1] for p in points],
-                        color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="reward evaluations (NREs)", ylabel="cumulative best success rate",
-           title="BaNEL on hard GSM8K questions (95% Clopper-Pearson)")
+        (line,) = ax.plot(nres, [p["best_success_rate"] for p in points], "o-", label=f"question {result['index']}")
+        ax.fill_between(
+            nres,
+            [p["best_ci"][0] for p in points],
+            [p["best_ci"][1] for p in points],
+            color=line.get_color(),
+            alpha=0.2,
+        )
+    ax.set(
+        xlabel="reward evaluations (NREs)",
+        ylabel="cumulative best success rate",
+        title="BaNEL on hard GSM8K questions (95% Clopper-Pearson)",
+    )
     ax.legend(fontsize="small")
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -171,8 +187,11 @@ def main(gsm8k_args: GSM8KArguments, training_args: BanelConfig, model_args: Mod
     if model_args.model_name_or_path is None:
         raise ValueError("`model_name_or_path` is required.")
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    training_args.model_init_kwargs = {"revision": model_args.model_revision, "dtype": dtype,
-                                       **(training_args.model_init_kwargs or {})}
+    training_args.model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": dtype,
+        **(training_args.model_init_kwargs or {}),
+    }
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
     if tokenizer.chat_template is None:
         raise ValueError(
@@ -189,15 +208,23 @@ def main(gsm8k_args: GSM8KArguments, training_args: BanelConfig, model_args: Mod
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **training_args.model_init_kwargs)
     if not training_args.use_cpu and torch.cuda.is_available():
         model.to("cuda")
-    generation_config = BanelTrainer._generation_config(model, tokenizer, training_args)
+    generation_config = banel_generation_config(model, tokenizer, training_args)
     set_seed(training_args.seed)
-    successes = estimate_success_rates(model, tokenizer, dataset, gsm8k_args.selection_samples, generation_config,
-                                       batch_size=training_args.generation_batch_size)
+    successes = estimate_success_rates(
+        model,
+        tokenizer,
+        dataset,
+        gsm8k_args.selection_samples,
+        generation_config,
+        batch_size=training_args.generation_batch_size,
+    )
     del model
     hard = [i for i, s in enumerate(successes) if s / gsm8k_args.selection_samples < gsm8k_args.max_base_success_rate]
-    print(f"{len(hard)} of {len(dataset)} questions are hard (base success rate below "
-          f"{gsm8k_args.max_base_success_rate} on {gsm8k_args.selection_samples} samples); running BaNEL on "
-          f"{min(len(hard), gsm8k_args.num_questions)} of them.")
+    print(
+        f"{len(hard)} of {len(dataset)} questions are hard (base success rate below "
+        f"{gsm8k_args.max_base_success_rate} on {gsm8k_args.selection_samples} samples); running BaNEL on "
+        f"{min(len(hard), gsm8k_args.num_questions)} of them."
+    )
 
     results = []
     os.makedirs(training_args.output_dir, exist_ok=True)
@@ -215,8 +242,10 @@ def main(gsm8k_args: GSM8KArguments, training_args: BanelConfig, model_args: Mod
     print("|---|---|---|---|---|")
     for result in results:
         base, last = result["curve"][0], result["curve"][-1]
-        print(f"| {result['index']} | {result['num_reward_evaluations']} | {result['num_successes_found']} | "
-              f"{rate(base['success_rate'], base['ci'])} | {rate(last['best_success_rate'], last['best_ci'])} |")
+        print(
+            f"| {result['index']} | {result['num_reward_evaluations']} | {result['num_successes_found']} | "
+            f"{rate(base['success_rate'], base['ci'])} | {rate(last['best_success_rate'], last['best_ci'])} |"
+        )
     if results:
         plot_results(results, os.path.join(training_args.output_dir, "gsm8k_results.png"))
     print(f"Results: {os.path.join(training_args.output_dir, 'gsm8k_results.json')}")

@@ -28,7 +28,9 @@ rank = int(os.environ["RANK"])
 def logged_reward(prompts, completions, **kwargs):
     """The reward, logging every sample it is paid for to this rank's file."""
     with open(os.path.join(output_dir, f"calls{rank}.jsonl"), "a") as file:
-        file.writelines(json.dumps([prompt, completion]) + "\n" for prompt, completion in zip(prompts, completions))
+        file.writelines(
+            json.dumps([prompt, completion]) + "\n" for prompt, completion in zip(prompts, completions, strict=True)
+        )
     return starts_with_b(completions)
 
 
@@ -58,8 +60,9 @@ def run(num_rounds):
     )
     model = type(proposal)(proposal.config)
     model.load_state_dict(proposal.state_dict())
-    trainer = BanelTrainer(model, logged_reward, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}),
-                           processing_class=tokenizer)
+    trainer = BanelTrainer(
+        model, logged_reward, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}), processing_class=tokenizer
+    )
     trainer.train()
     return trainer
 
@@ -68,8 +71,10 @@ run(num_rounds=2)
 trainer = run(num_rounds=3)
 weights = {
     region.adapter_name: hashlib.sha256(
-        b"".join(t.detach().cpu().numpy().tobytes() for t in get_peft_model_state_dict(
-            trainer.model, adapter_name=region.adapter_name).values())
+        b"".join(
+            t.detach().cpu().numpy().tobytes()
+            for t in get_peft_model_state_dict(trainer.model, adapter_name=region.adapter_name).values()
+        )
     ).hexdigest()
     for region in trainer.posterior.regions
 }

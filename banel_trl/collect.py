@@ -1,0 +1,159 @@
+"""Steps 1-2 of a BaNEL round: sample the posterior and pay for accepted, never-seen candidates within the budget."""
+
+import logging
+
+from .config import BanelConfig
+from .ledger import RewardLedger, RoundReplay, sample_key
+from .rewards import RewardEvaluator, RewardFunctionError
+from .sampling import CandidateSampler
+
+
+logger = logging.getLogger(__name__)
+
+
+class RoundCollector:
+    """
+    Samples the posterior for a round and pays one reward evaluation (NRE) per accepted, never-seen candidate, until the
+    round's share of the hard budget is spent: accepted candidates already paid for are recorded as free repeats,
+    rejected ones cost nothing. Every evaluation is written to the ledger before it counts.
+
+    Args:
+        sampler ([`CandidateSampler`]):
+            Draws the posterior's candidates; restarted from the round's seed before [`~RoundCollector.collect`].
+        ledger ([`RewardLedger`]):
+            The run's ledger, written to.
+        rewards ([`RewardEvaluator`]):
+            The run's reward functions.
+        args ([`BanelConfig`]):
+            The run's `samples_per_round` (NREs of a round), `max_reward_evaluations` (the hard budget: no round pays
+            beyond it) and `max_sampling_attempts` (proposals per evaluation after which a round ends early).
+    """
+
+    def __init__(
+        self,
+        sampler: CandidateSampler,
+        ledger: RewardLedger,
+        rewards: RewardEvaluator,
+        args: BanelConfig,
+    ):
+        self.sampler = sampler
+        self.ledger = ledger
+        self.rewards = rewards
+        self.samples_per_round = args.samples_per_round
+        self.max_reward_evaluations = args.max_reward_evaluations
+        self.max_sampling_attempts = args.max_sampling_attempts
+
+    def collect(self, k: int, trainer_state=None) -> dict:
+        """
+        Sample and pay round `k`; returns its figures (`budget`, `proposed`, `accepted`, `repeats`, `evaluated`).
+
+        The sampler starts from the round's seed, so a round interrupted by a crash draws the same candidates again
+        when the run resumes: the evaluations and repeats it had recorded are met again, in order, and reused instead
+        of being paid or recorded twice (see [`RoundReplay`]). A round whose end is in the ledger is not sampled again.
+        `trainer_state` is handed to the reward functions.
+        """
+        ledger = self.ledger
+        if k in ledger.round_ends:
+            return ledger.round_ends[k]
+        paid_before = sum(1 for r in ledger.records if r["round"] < k)
+        budget = min(self.samples_per_round, self.max_reward_evaluations - paid_before)
+        replay = ledger.replay(k)  # written before an interruption: met again, not paid again
+        stats = {"budget": budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
+        max_proposed = self.max_sampling_attempts * max(budget, 1)
+        while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
+            examples, proposal = self.sampler.propose_batch()
+            stats["proposed"] += len(examples)
+            stats["accepted"] += int(proposal.accepted.sum())
+            accepted = [
+                (*candidate, ledger.lookup(candidate[0]["prompt"], candidate[2]))
+                for candidate in self.sampler.accepted(examples, proposal)
+            ]
+            counted, to_pay, abandoned = self._select_to_pay(k, accepted, replay, budget - stats["evaluated"])
+            if to_pay:
+                self._evaluate_and_record(k, to_pay, trainer_state)
+            stats["evaluated"] += abandoned + len(counted)
+            stats["repeats"] += self._record_repeats(k, accepted, counted, replay)
+        stats["evaluated"] += replay.abandon()  # recorded before the interruption, not met again: still this round's
+        if stats["evaluated"] < budget:
+            logger.warning(
+                f"Round {k}: the posterior accepted {stats['accepted']} of {stats['proposed']} candidates "
+                f"(acceptance rate {stats['accepted'] / max(stats['proposed'], 1):.2e}), {stats['repeats']} of them "
+                f"already evaluated, so only {stats['evaluated']} of the round's {budget} evaluations were spent "
+                f"within {self.max_sampling_attempts} proposals per evaluation. Ending the round early. If acceptance "
+                "is low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
+            )
+        ledger.end_round(k, stats)
+        return stats
+
+    def _select_to_pay(
+        self, k: int, accepted: list[tuple], replay: RoundReplay, budget_left: int
+    ) -> tuple[set[str], list[tuple[dict, list[int]]], int]:
+        """
+        Sort a batch's accepted candidates `(example, completion_ids, completion, ledger record or None)`: an
+        evaluation paid before an interruption and met again counts and is not paid; a candidate never paid is paid
+        while the round's budget allows; anything else is a free repeat. Returns the keys of the candidates that count
+        as this batch's evaluations, the candidates to pay, and the number of evaluations recorded before an
+        interruption that the round stops waiting for (they still count as its own).
+        """
+        counted, to_pay, unseen = set(), [], False
+        for example, completion_ids, completion, record in accepted:
+            key = sample_key(example["prompt"], completion)
+            if key in counted:
+                continue  # drawn twice in this batch: a free repeat
+            if replay.meets(record):
+                counted.add(key)
+            elif record is None:
+                unseen = True
+                # The hard cap: never beyond the round's share, counting what it has yet to meet again.
+                if len(counted) + len(replay.pending) < budget_left:
+                    counted.add(key)
+                    to_pay.append((example, completion_ids))
+        if not (unseen and replay.pending):
+            return counted, to_pay, 0
+        logger.warning(
+            f"Round {k} resumed, but its sampling did not draw again the {len(replay.pending)} evaluations it had "
+            "paid for before the interruption (non-deterministic sampling, or a changed configuration?). They stay "
+            "part of the round, which goes on with new candidates."
+        )
+        return counted, to_pay, replay.abandon()
+
+    def _record_repeats(self, k: int, accepted: list[tuple], counted: set[str], replay: RoundReplay) -> int:
+        """
+        Record as free repeats the accepted candidates whose reward is known now, except the first occurrence of each
+        candidate counted as an evaluation of this batch. Returns how many the batch had.
+        """
+        repeats, first_occurrences = [], set(counted)
+        for example, _, completion, _ in accepted:
+            key = sample_key(example["prompt"], completion)
+            record = self.ledger.lookup(example["prompt"], completion)
+            if key in first_occurrences:
+                first_occurrences.remove(key)  # the evaluation itself
+            elif record is not None and record["index"] not in replay.pending:
+                repeats.append(record["index"])
+        self.ledger.append_repeats(k, replay.unwritten_repeats(repeats))
+        return len(repeats)
+
+    def _evaluate_and_record(self, k: int, candidates: list[tuple[dict, list[int]]], trainer_state) -> None:
+        """Call the reward functions once on the batch and write every result to the ledger before it counts."""
+        examples = [example for example, _ in candidates]
+        completion_ids = [ids for _, ids in candidates]
+        try:
+            rows = dict(enumerate(self.rewards(examples, completion_ids, trainer_state)))
+        except RewardFunctionError as error:
+            # The samples whose rewards are all usable were paid for: record them before stopping the run.
+            self.ledger.append([self._record(k, *candidates[i], row) for i, row in error.rows.items()])
+            raise
+        self.ledger.append([self._record(k, *candidates[i], row) for i, row in rows.items()])
+
+    def _record(self, k: int, example: dict, completion_ids: list[int], rewards: list[float | None]) -> dict:
+        """The ledger record of a paid evaluation."""
+        reward = self.rewards.reward(rewards)
+        return {
+            "round": k,
+            "prompt": example["prompt"],
+            "completion": self.sampler.tokenizer.decode(completion_ids, skip_special_tokens=True),
+            "completion_ids": completion_ids,
+            "rewards": rewards,
+            "reward": reward,
+            "success": self.rewards.is_success(reward),
+        }

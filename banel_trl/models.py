@@ -1,0 +1,60 @@
+"""The model stack: the frozen proposal `p_theta`, its tokenizer, and the LoRA adapters BaNEL fits on top of it."""
+
+import logging
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+
+logger = logging.getLogger(__name__)
+
+
+def region_adapter_name(round_index: int) -> str:
+    """The adapter of round `round_index`'s negative model `p_phi_k`."""
+    return f"region_{round_index}"
+
+
+def reference_adapter_name(round_index: int) -> str:
+    """The adapter of round `round_index`'s reference `p_ref_k`, when it is a model of the posterior."""
+    return f"reference_{round_index}"
+
+
+def default_peft_config() -> LoraConfig:
+    """The negative model's LoRA when none is given: every linear layer, rank 16."""
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def load_proposal(model: str | PreTrainedModel | PeftModel, args) -> PreTrainedModel:
+    """
+    The proposal `p_theta`, frozen: `model` itself, or loaded from a model id or path with the [`BanelConfig`]'s
+    `model_init_kwargs` (float32 unless asked otherwise, as GRPOTrainer). A [`~peft.PeftModel`] is merged into its base
+    first: its adapter is part of `p_theta`.
+    """
+    if isinstance(model, str):
+        init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs.setdefault("dtype", torch.float32)
+        init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
+    elif args.model_init_kwargs is not None:
+        logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedModel, args) -> PreTrainedTokenizerBase:
+    """
+    The proposal's tokenizer (loaded from the model when `None`), set up for generation: left padding, and the EOS
+    token as pad token when it has none.
+    """
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path, trust_remote_code=args.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise ValueError("The tokenizer has neither a pad token nor an EOS token: set `tokenizer.pad_token`.")
+    tokenizer.padding_side = "left"
+    return tokenizer
