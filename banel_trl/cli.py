@@ -7,13 +7,20 @@ script in `banel_trl.scripts` and calls that script's `main`. `train` also start
 """
 
 import argparse
+import dataclasses
+import logging
 import os
 import sys
 
 from accelerate.commands import launch as accelerate_launch
+from trl import GRPOConfig
 from trl.cli.accelerate_config import resolve_accelerate_config_argument
 
+from .config import BanelConfig
 from .scripts import banel, demo, report
+
+
+logger = logging.getLogger(__name__)
 
 
 LAUNCHED_ENV = "BANEL_TRL_LAUNCHED"  # set for the processes `accelerate launch` starts, so they train instead
@@ -31,6 +38,30 @@ def _remove_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
     return result
 
 
+def _drop_grpo_only_options(arguments: list[str]) -> list[str]:
+    """
+    `arguments` without the options that are GRPOConfig fields BaNEL has no use for (`beta`, `loss_type`, `use_vllm`,
+    ...) and their values, with one warning that names them all: a GRPO YAML config runs as it is.
+    """
+    grpo_only = {f.name for f in dataclasses.fields(GRPOConfig)} - {f.name for f in dataclasses.fields(BanelConfig)}
+    kept, dropped, i = [], [], 0
+    while i < len(arguments):
+        name = arguments[i].removeprefix("--").split("=", 1)[0]
+        if arguments[i].startswith("--") and name in grpo_only:
+            dropped.append(name)
+            takes_value = "=" not in arguments[i] and i + 1 < len(arguments)
+            i += 2 if takes_value and not arguments[i + 1].startswith("--") else 1
+        else:
+            kept.append(arguments[i])
+            i += 1
+    if dropped:
+        logger.warning(
+            f"Ignoring GRPO-only settings that BaNEL has no use for: {', '.join(dropped)}. BaNEL fits its negative "
+            "models by maximum likelihood and samples with transformers' generate (docs/migrating_from_grpo.md)."
+        )
+    return kept
+
+
 def run_train(argv: list[str]) -> int:
     """
     `banel-trl train`: parse the config and command line; train in this process, or, when arguments for `accelerate
@@ -40,13 +71,15 @@ def run_train(argv: list[str]) -> int:
     *arguments, config_remaining, cli_remaining = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )
+    config_remaining, cli_remaining = _drop_grpo_only_options(config_remaining), _drop_grpo_only_options(cli_remaining)
     launch_args = config_remaining + cli_remaining
     if not launch_args or os.environ.get(LAUNCHED_ENV) == "1":
         banel.main(*arguments)
         return 0
 
     launch_args = resolve_accelerate_config_argument(launch_args)
-    _, unknown = accelerate_launch.launch_command_parser().parse_known_args(launch_args + ["banel_trl.cli"])
+    known = accelerate_launch.launch_command_parser()._option_string_actions
+    unknown = [name for name in (a.split("=", 1)[0] for a in launch_args if a.startswith("--")) if name not in known]
     if unknown:
         raise ValueError(
             f"Unknown arguments {unknown}: they are no field of the script arguments, BanelConfig or ModelConfig, "

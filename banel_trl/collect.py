@@ -1,9 +1,13 @@
 """Steps 1-2 of a BaNEL round: sample the posterior and pay for accepted, never-seen candidates within the budget."""
 
+import copy
 import logging
+
+from transformers.utils.logging import tqdm
 
 from .config import BanelConfig
 from .ledger import RewardLedger, RoundReplay, sample_key
+from .posterior import acceptance_too_low
 from .rewards import RewardEvaluator, RewardFunctionError
 from .sampling import CandidateSampler
 
@@ -13,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 class RoundCollector:
     """
-    Samples the posterior for a round and pays one reward evaluation (NRE) per accepted, never-seen candidate, until the
-    round's share of the hard budget is spent: accepted candidates already paid for are recorded as free repeats,
+    Samples the posterior for a round and pays one reward evaluation (NRE) per accepted, never-seen candidate, until
+    the round's share of the hard budget is spent: accepted candidates already paid for are recorded as free repeats,
     rejected ones cost nothing. Every evaluation is written to the ledger before it counts.
 
     Args:
@@ -42,6 +46,7 @@ class RoundCollector:
         self.samples_per_round = args.samples_per_round
         self.max_reward_evaluations = args.max_reward_evaluations
         self.max_sampling_attempts = args.max_sampling_attempts
+        self.disable_tqdm = args.disable_tqdm
 
     def collect(self, k: int, trainer_state=None) -> dict:
         """
@@ -60,7 +65,10 @@ class RoundCollector:
         replay = ledger.replay(k)  # written before an interruption: met again, not paid again
         stats = {"budget": budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
         max_proposed = self.max_sampling_attempts * max(budget, 1)
+        progress = tqdm(total=budget, desc=f"Round {k} evaluations", leave=False, disable=self.disable_tqdm)
         while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
+            if acceptance_too_low(stats["evaluated"], stats["proposed"], self.max_sampling_attempts):
+                break  # new candidates come at under 1 in max_sampling_attempts proposals: give up early
             examples, proposal = self.sampler.propose_batch()
             stats["proposed"] += len(examples)
             stats["accepted"] += int(proposal.accepted.sum())
@@ -73,6 +81,9 @@ class RoundCollector:
                 self._evaluate_and_record(k, to_pay, trainer_state)
             stats["evaluated"] += abandoned + len(counted)
             stats["repeats"] += self._record_repeats(k, accepted, counted, replay)
+            progress.update(min(stats["evaluated"], budget) - progress.n)
+            progress.set_postfix(acceptance=f"{stats['accepted'] / stats['proposed']:.2e}", refresh=False)
+        progress.close()
         stats["evaluated"] += replay.abandon()  # recorded before the interruption, not met again: still this round's
         if stats["evaluated"] < budget:
             logger.warning(
@@ -134,26 +145,32 @@ class RoundCollector:
         return len(repeats)
 
     def _evaluate_and_record(self, k: int, candidates: list[tuple[dict, list[int]]], trainer_state) -> None:
-        """Call the reward functions once on the batch and write every result to the ledger before it counts."""
+        """
+        Call the reward functions once on the batch and write every result to the ledger before it counts. The
+        records are built before the call, from copies of the candidates as sampled, so that they hold what was paid
+        for whatever the functions do with their inputs (they get copies too: see [`call_reward_funcs`]).
+        """
+        records = [self._record(k, example, completion_ids) for example, completion_ids in candidates]
         examples = [example for example, _ in candidates]
-        completion_ids = [ids for _, ids in candidates]
+        completion_ids = [list(ids) for _, ids in candidates]
         try:
             rows = dict(enumerate(self.rewards(examples, completion_ids, trainer_state)))
         except RewardFunctionError as error:
             # The samples whose rewards are all usable were paid for: record them before stopping the run.
-            self.ledger.append([self._record(k, *candidates[i], row) for i, row in error.rows.items()])
+            self.ledger.append([self._paid(records[i], row) for i, row in error.rows.items()])
             raise
-        self.ledger.append([self._record(k, *candidates[i], row) for i, row in rows.items()])
+        self.ledger.append([self._paid(records[i], row) for i, row in rows.items()])
 
-    def _record(self, k: int, example: dict, completion_ids: list[int], rewards: list[float | None]) -> dict:
-        """The ledger record of a paid evaluation."""
-        reward = self.rewards.reward(rewards)
+    def _record(self, k: int, example: dict, completion_ids: list[int]) -> dict:
+        """The ledger record of an evaluation about to be paid, without its rewards."""
         return {
             "round": k,
-            "prompt": example["prompt"],
+            "prompt": copy.deepcopy(example["prompt"]),
             "completion": self.sampler.tokenizer.decode(completion_ids, skip_special_tokens=True),
-            "completion_ids": completion_ids,
-            "rewards": rewards,
-            "reward": reward,
-            "success": self.rewards.is_success(reward),
+            "completion_ids": list(completion_ids),
         }
+
+    def _paid(self, record: dict, rewards: list[float | None]) -> dict:
+        """`record` with the rewards it was paid for: one per function, their weighted sum and whether it succeeds."""
+        reward = self.rewards.reward(rewards)
+        return {**record, "rewards": rewards, "reward": reward, "success": self.rewards.is_success(reward)}

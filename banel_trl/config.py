@@ -1,15 +1,75 @@
 """Configuration of the [`BanelTrainer`]."""
 
+import enum
 import math
+import numbers
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
 
 THRESHOLD_TYPES = ("calibrated", "filter_factor")
 NEGATIVE_SAMPLES = ("round", "all")
 REFERENCE_MODELS = ("posterior", "proposal")
+
+# Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
+# only act on its results), each with the value that turns it off. BaNEL's `evaluate` pays reward calls.
+EVALUATION_OPTIONS = {
+    "eval_strategy": IntervalStrategy.NO.value,
+    "eval_steps": None,
+    "eval_delay": 0,
+    "eval_on_start": False,
+    "load_best_model_at_end": False,
+    "metric_for_best_model": None,
+    "greater_is_better": None,
+}
+# Values of other options that need evaluation metrics: a save strategy and LR schedulers stepped on them.
+EVALUATION_VALUES = {
+    "save_strategy": ((SaveStrategy.BEST.value,), SaveStrategy.NO.value),
+    "lr_scheduler_type": ((SchedulerType.REDUCE_ON_PLATEAU.value, SchedulerType.GREEDY.value), "linear"),
+}
+
+
+_NUMBER_FIX = "pass a number, not a string (in YAML, write it without quotes)"
+
+
+def _plain(value: Any) -> Any:
+    """An enum's value (`"steps"` for `IntervalStrategy.STEPS`), to show a setting as the user wrote it."""
+    return value.value if isinstance(value, enum.Enum) else value
+
+
+def _type_error(name: str, value: Any, expected: str, fix: str) -> ValueError:
+    return ValueError(f"`{name}` must be {expected}, got {value!r} of type {type(value).__name__}: {fix}.")
+
+
+def _checked_integer(name: str, value: Any) -> int:
+    """
+    `value` as an `int`. An integral float (`20.0`, `1e4`) is exact and accepted; a fractional one is refused, never
+    rounded: a budget of `20.5` must not pay 21 reward evaluations.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        fix = f"counts are whole numbers, pass {math.floor(value)} or {math.ceil(value)}"
+    elif isinstance(value, str):
+        fix = _NUMBER_FIX
+    else:
+        fix = "pass an integer"
+    raise _type_error(name, value, "an integer", fix)
+
+
+def _checked_real(name: str, value: Any) -> float:
+    """`value` if it is a finite real number (an `int` or `float`; a numpy scalar becomes a `float`)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise _type_error(name, value, "a number", _NUMBER_FIX if isinstance(value, str) else "pass a number")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value}.")
+    return value if isinstance(value, int | float) else float(value)
 
 
 @dataclass
@@ -335,6 +395,10 @@ class BanelConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Before TrainingArguments' checks: they compare values (a string fails there with a TypeError) and require an
+        # eval strategy for options that BaNEL refuses altogether.
+        self._check_types()
+        self._refuse_evaluation()
         super().__post_init__()
         positive_ints = (
             "max_reward_evaluations",
@@ -352,11 +416,6 @@ class BanelConfig(TrainingArguments):
             raise ValueError(
                 f"`max_reward_evaluations` ({self.max_reward_evaluations}) is smaller than one round "
                 f"(`samples_per_round`={self.samples_per_round}): lower `samples_per_round` or raise the budget."
-            )
-        if self.eval_strategy != "no":
-            raise ValueError(
-                "BaNEL does not evaluate during the negative fits: evaluation costs reward calls. Leave "
-                "`eval_strategy='no'` and call `trainer.evaluate()` when you want the posterior's success rate."
             )
         if self.num_rounds is None:
             self.num_rounds = math.ceil(self.max_reward_evaluations / self.samples_per_round)
@@ -388,7 +447,41 @@ class BanelConfig(TrainingArguments):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
         if self.top_k < 0:
             raise ValueError(f"`top_k` must be >= 0, got {self.top_k}.")
-        if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
-            raise ValueError(f"`reward_weights` must be finite numbers, got {self.reward_weights}.")
-        if not math.isfinite(self.success_threshold):
-            raise ValueError(f"`success_threshold` must be a finite number, got {self.success_threshold}.")
+
+    def _check_types(self) -> None:
+        """
+        Refuse a value of the wrong type for a number or flag of BanelConfig (the fields this class declares), naming
+        the field, the value and its type, before a comparison fails with a `TypeError` or a wrong value is used.
+        """
+        for name, annotation in BanelConfig.__annotations__.items():
+            kinds = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+            value = getattr(self, name)
+            if value is None and type(None) in kinds:
+                continue
+            if int in kinds:
+                setattr(self, name, _checked_integer(name, value))
+            elif float in kinds:
+                setattr(self, name, _checked_real(name, value))
+            elif bool in kinds and not isinstance(value, bool):
+                raise _type_error(name, value, "True or False", "pass a bool (in YAML, true or false without quotes)")
+            elif list[float] in kinds:
+                if not isinstance(value, list | tuple):
+                    raise _type_error(name, value, "a list of numbers", "pass one number per reward function")
+                setattr(self, name, [_checked_real(f"{name}[{i}]", weight) for i, weight in enumerate(value)])
+
+    def _refuse_evaluation(self) -> None:
+        """
+        Refuse the Trainer options with which `Trainer.train`, that fits each round's negative model, would call
+        `evaluate` on its own: BaNEL's `evaluate` pays reward calls, outside the budget and the ledger.
+        """
+        offending = {name: off for name, off in EVALUATION_OPTIONS.items() if getattr(self, name) != off}
+        offending |= {name: off for name, (on, off) in EVALUATION_VALUES.items() if getattr(self, name) in on}
+        if offending:
+            settings = ", ".join(f"`{name}={_plain(getattr(self, name))!r}`" for name in offending)
+            fixes = ", ".join(f"`{name}={off!r}`" for name, off in offending.items())
+            raise ValueError(
+                f"BaNEL does not evaluate during training, but {settings} would make the Trainer call `evaluate` "
+                "during each round's negative fit, and each evaluation pays reward calls outside the budget "
+                f"(`max_reward_evaluations`) and the ledger. Set {fixes}, and call `trainer.evaluate()` after "
+                "`train()` to measure the posterior's success rate."
+            )

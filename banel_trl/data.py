@@ -1,7 +1,8 @@
 """Prompts in, token ids out: tokenising the dataset's prompts and batching negatives for the fit."""
 
+import pandas as pd
 import torch
-from datasets import IterableDataset
+from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase
 from trl.data_utils import is_conversational
 from trl.trainer.utils import pad
@@ -11,12 +12,69 @@ def check_dataset(dataset, name: str) -> None:
     """Refuse a dataset BaNEL cannot draw prompts from, naming it (`name`) and what to fix."""
     if dataset is None:
         raise ValueError(f"`{name}` is required: BaNEL samples completions for its prompts.")
-    if isinstance(dataset, IterableDataset):
-        raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
+    _check_dataset_type(dataset, name)
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty.")
     if "prompt" not in dataset.column_names:
         raise ValueError(f"`{name}` must have a 'prompt' column; its columns are {dataset.column_names}.")
+    for i, prompt in enumerate(dataset["prompt"][:]):  # the whole column at once: per-row reads are 100x slower
+        problem = _prompt_problem(prompt)
+        if problem is not None:
+            raise ValueError(
+                f"Prompt {i} of `{name}` is {_shorten(prompt)} ({type(prompt).__name__}): {problem}. Prompts must be "
+                "strings (\"\" for unconditional generation) or lists of {'role': ..., 'content': ...} messages, as "
+                "in TRL."
+            )
+
+
+def _check_dataset_type(dataset, name: str) -> None:
+    """Refuse anything but a map-style `datasets.Dataset`, with the call that makes one."""
+    if isinstance(dataset, dict):  # DatasetDict and IterableDatasetDict included
+        if all(isinstance(split, Dataset | IterableDataset) for split in dataset.values()):
+            raise ValueError(
+                f"`{name}` is a {type(dataset).__name__} of splits {list(dataset)}: pass one split, e.g. "
+                f"`{name}=dataset[{next(iter(dataset), 'train')!r}]`."
+            )
+        raise ValueError(f"`{name}` must be a Dataset, got a dict: pass `Dataset.from_dict({{'prompt': [...]}})`.")
+    if isinstance(dataset, IterableDataset):
+        raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
+    if isinstance(dataset, list | tuple):
+        raise ValueError(
+            f"`{name}` must be a Dataset, got a {type(dataset).__name__}: pass `Dataset.from_list(rows)`."
+        )
+    if isinstance(dataset, pd.DataFrame):
+        raise ValueError(
+            f"`{name}` must be a Dataset, got a pandas DataFrame: pass `Dataset.from_pandas(df, preserve_index=False)`."
+        )
+    if not isinstance(dataset, Dataset):
+        raise ValueError(
+            f"`{name}` must be a `datasets.Dataset` with a 'prompt' column, got {type(dataset).__name__}: build one "
+            "with `Dataset.from_list`, `Dataset.from_dict` or `datasets.load_dataset`."
+        )
+
+
+def _prompt_problem(prompt) -> str | None:
+    """What is wrong with one prompt, with its fix; `None` for a standard (text) or conversational prompt."""
+    if isinstance(prompt, str):
+        return None
+    if prompt is None:
+        return "a missing prompt; drop those rows, e.g. `dataset.filter(lambda x: x['prompt'] is not None)`"
+    if isinstance(prompt, bytes):
+        return "bytes, not text; decode the column, e.g. `dataset.map(lambda x: {'prompt': x['prompt'].decode()})`"
+    if isinstance(prompt, dict):
+        return "a dict; a conversational prompt is a list of messages (`[message]` for a single one)"
+    if isinstance(prompt, list):
+        if not prompt:
+            return "an empty list; a conversational prompt needs at least one message"
+        if all(isinstance(message, dict) and "role" in message and "content" in message for message in prompt):
+            return None
+        return "a list whose items are not all {'role', 'content'} messages"
+    return "not text; convert the column, e.g. `dataset.map(lambda x: {'prompt': str(x['prompt'])})`"
+
+
+def _shorten(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def tokenize_prompts(

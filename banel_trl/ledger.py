@@ -1,6 +1,7 @@
 """The reward ledger: an append-only, crash-safe record of every paid reward evaluation."""
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -16,6 +17,46 @@ LEDGER_NAME = "banel_ledger.jsonl"
 def sample_key(prompt: Any, completion: Any) -> str:
     """Identity of a candidate: the same prompt and completion are never paid for twice."""
     return json.dumps([prompt, completion], sort_keys=True, ensure_ascii=False)
+
+
+RECORD_KEYS = ("index", "round", "prompt", "completion", "completion_ids", "rewards", "reward", "success")
+REPAIR = "Restore the ledger from a backup, or start a new run in another output_dir."
+
+
+def canonical_json(line: dict) -> str:
+    """One ledger line as canonical JSON (sorted keys, no spaces): what [`~RewardLedger.fingerprint`] hashes."""
+    return json.dumps(line, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_lines(data: list[bytes], path: str) -> list[dict]:
+    """
+    The lines `data` of the ledger at `path`, each checked to be one of the three kinds of line, in order (records
+    numbered 0, 1, ..., repeats of records before them): anything else is refused with the file and the line named.
+    """
+    lines, num_records = [], 0
+    for number, raw in enumerate(data, start=1):
+        try:
+            line = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}, line {number}, is corrupt ({error}); refusing to resume. {REPAIR}") from None
+        if not isinstance(line, dict) or not isinstance(line.get("round"), int):
+            kind = None
+        elif "repeat_of" in line:
+            kind = isinstance(line["repeat_of"], int) and 0 <= line["repeat_of"] < num_records
+        elif "end" in line:
+            kind = isinstance(line["end"], dict)
+        else:
+            kind = all(key in line for key in RECORD_KEYS) and line["index"] == num_records
+            num_records += bool(kind)
+        if not kind:
+            shown = raw[:200].decode(errors="replace")
+            raise ValueError(
+                f"{path}, line {number}, is not a ledger line (a paid evaluation numbered {num_records}, a free "
+                f"repeat of an earlier one, or a round's end): {shown}. The ledger was edited or replaced; refusing "
+                f"to resume. {REPAIR}"
+            )
+        lines.append(line)
+    return lines
 
 
 def _json_safe(value: float | None) -> float | None:
@@ -54,8 +95,12 @@ class RewardLedger:
             raise RuntimeError(
                 f"Another BaNEL run is writing to {self.path}. Use a different `output_dir`, or wait for it to finish."
             ) from None
-        self._reset()
-        self.extend(self._load())
+        try:
+            self._reset()
+            self.extend(self._load())
+        except BaseException:
+            self._file.close()  # a refused ledger leaves no lock behind, even while its error is kept
+            raise
 
     @classmethod
     def replica(cls, lines: list[dict]) -> "RewardLedger":
@@ -77,7 +122,7 @@ class RewardLedger:
             raise FileNotFoundError(f"{output_dir} has no {LEDGER_NAME}: it is not the output_dir of a BaNEL run.")
         with open(path, "rb") as file:
             lines = file.read().split(b"\n")[:-1]
-        ledger = cls.replica([json.loads(line) for line in lines])
+        ledger = cls.replica(parse_lines(lines, path))
         ledger.path = path
         return ledger
 
@@ -94,12 +139,7 @@ class RewardLedger:
         lines = data.split(b"\n")
         # Everything before the last newline was written whole; what follows it is a torn write.
         complete, torn = lines[:-1], lines[-1]
-        records = []
-        for number, line in enumerate(complete, start=1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{self.path}, line {number}, is corrupt ({error}); refusing to resume.") from None
+        records = parse_lines(complete, self.path)
         if torn:
             logger.warning(f"Dropping a torn last line of {self.path} ({len(torn)} bytes): it was never complete.")
             self._file.truncate(len(data) - len(torn))
@@ -111,6 +151,22 @@ class RewardLedger:
         """The number of paid evaluations."""
         return len(self.records)
 
+    def fingerprint(self, num_lines: int | None = None) -> dict:
+        """
+        `{"lines": n, "sha256": ...}`: the number of lines and the sha256 of the first `num_lines` lines (all by
+        default) as canonical JSON, one a line. A posterior records the ledger its regions were fit on with it; the
+        ledger only grows, so a later ledger of the same run starts with those lines.
+        """
+        lines = self.lines if num_lines is None else self.lines[:num_lines]
+        digest = hashlib.sha256()
+        for line in lines:
+            digest.update((canonical_json(line) + "\n").encode())
+        return {"lines": len(lines), "sha256": digest.hexdigest()}
+
+    def starts_with(self, fingerprint: dict) -> bool:
+        """Whether the ledger's first lines are those `fingerprint` (of [`~RewardLedger.fingerprint`]) records."""
+        return len(self.lines) >= fingerprint["lines"] and self.fingerprint(fingerprint["lines"]) == fingerprint
+
     @property
     def closed(self) -> bool:
         """Whether the file is closed (its lock released); a replica is always closed."""
@@ -118,6 +174,11 @@ class RewardLedger:
 
     def lookup(self, prompt: Any, completion: Any) -> dict | None:
         return self._by_key.get(sample_key(prompt, completion))
+
+    def is_known_success(self, prompt: Any, completion: Any) -> bool:
+        """Whether the sample was paid for and succeeded."""
+        record = self.lookup(prompt, completion)
+        return record is not None and record["success"]
 
     def paid_in_round(self, round_index: int) -> list[dict]:
         """Round `round_index`'s paid evaluations: each of its distinct samples once."""

@@ -4,7 +4,13 @@ import logging
 
 import torch
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -25,19 +31,23 @@ def default_peft_config() -> LoraConfig:
     return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def load_proposal(model: str | PreTrainedModel | PeftModel, args) -> PreTrainedModel:
+def load_proposal(
+    model: str | PreTrainedModel | PeftModel, args, quantization_config: BitsAndBytesConfig | None = None
+) -> PreTrainedModel:
     """
     The proposal `p_theta`, frozen: `model` itself, or loaded from a model id or path with the [`BanelConfig`]'s
-    `model_init_kwargs` (float32 unless asked otherwise, as GRPOTrainer). A [`~peft.PeftModel`] is merged into its base
-    first: its adapter is part of `p_theta`.
+    `model_init_kwargs` and `quantization_config` (float32 unless asked otherwise, as GRPOTrainer). A
+    [`~peft.PeftModel`] is merged into its base first: its adapter is part of `p_theta`.
     """
     if isinstance(model, str):
-        init_kwargs = dict(args.model_init_kwargs or {})
+        init_kwargs = {key: value for key, value in (args.model_init_kwargs or {}).items() if value is not None}
         init_kwargs.setdefault("dtype", torch.float32)
         init_kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+        if quantization_config is not None:
+            init_kwargs["quantization_config"] = quantization_config
         model = AutoModelForCausalLM.from_pretrained(model, **init_kwargs)
-    elif args.model_init_kwargs is not None:
-        logger.warning("`model_init_kwargs` is ignored: the model is already instantiated.")
+    elif args.model_init_kwargs is not None or quantization_config is not None:
+        logger.warning("`model_init_kwargs` and `quantization_config` are ignored: the model is already instantiated.")
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     for parameter in model.parameters():
@@ -58,3 +68,14 @@ def load_tokenizer(tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedM
         raise ValueError("The tokenizer has neither a pad token nor an EOS token: set `tokenizer.pad_token`.")
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def refuse_grpo_generation_hooks(**hooks) -> None:
+    """Refuse GRPO's agentic generation hooks (`tools`, `rollout_func`, `environment_factory`) when given."""
+    given = sorted(name for name, value in hooks.items() if value is not None)
+    if given:
+        raise ValueError(
+            f"BanelTrainer does not take GRPO's {', '.join(f'`{name}`' for name in given)}: BaNEL samples `p_theta` "
+            "itself and must score exactly what it sampled, so generation cannot go through tools, a custom rollout "
+            "or an environment. Drop these arguments; put the environment's judgement in a reward function."
+        )

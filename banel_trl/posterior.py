@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 from peft import PeftModel, load_peft_weights
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
+from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
 
 
@@ -63,22 +64,60 @@ class Proposal:
 
 
 def read_posterior_config(path: str) -> dict:
-    with open(os.path.join(path, POSTERIOR_CONFIG_NAME)) as file:
-        return json.load(file)
+    """The settings and regions of the posterior saved in `path` (`banel_posterior.json`), checked to be one."""
+    file_path = os.path.join(path, POSTERIOR_CONFIG_NAME)
+    with open(file_path, "rb") as file:
+        data = file.read()
+    try:
+        config = json.loads(data)
+        if not isinstance(config, dict) or not isinstance(config.get("regions"), list):
+            raise ValueError("it does not list regions")
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError too
+        raise ValueError(
+            f"{file_path} is not a saved BaNEL posterior ({error}). Restore it from a backup. In a run's output_dir, "
+            "deleting it makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); "
+            "or start a new run in another output_dir."
+        ) from None
+    return config
 
 
 def read_regions(path: str) -> list[RejectionRegion]:
     """The regions listed in a saved posterior folder (whose adapters are complete: the list is written last)."""
-    return [RejectionRegion(**region) for region in read_posterior_config(path)["regions"]]
+    regions = []
+    for number, region in enumerate(read_posterior_config(path)["regions"]):
+        try:
+            regions.append(RejectionRegion(**region))
+        except TypeError as error:
+            raise ValueError(
+                f"Region {number} of {os.path.join(path, POSTERIOR_CONFIG_NAME)} is not a region ({error}): "
+                "restore the file from a backup, or delete it to fit the regions again from the ledger."
+            ) from None
+    return regions
 
 
 def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
-    """The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name."""
+    """
+    The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name. A
+    missing or unreadable adapter is refused with its folder named.
+    """
     regions = read_regions(path)
-    weights = [
-        {name: load_peft_weights(os.path.join(path, name), device="cpu") for name in region.adapter_names}
-        for region in regions
-    ]
+    weights = []
+    for region in regions:
+        weights.append({})
+        for name in region.adapter_names:
+            folder = os.path.join(path, name)
+            try:
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError("the folder is missing")
+                weights[-1][name] = load_peft_weights(folder, device="cpu")
+            except Exception as error:
+                raise ValueError(
+                    f"{folder}, the adapter of region {region.round} listed in "
+                    f"{os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read ({type(error).__name__}: "
+                    f"{error}). Restore it from a backup. In a run's output_dir, deleting {POSTERIOR_CONFIG_NAME} "
+                    "makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); or "
+                    "start a new run in another output_dir."
+                ) from None
     return regions, weights
 
 
@@ -87,6 +126,16 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: Sequen
     is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=completion_ids.device))
     eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()
     return (eos_before == 0).long()
+
+
+def acceptance_too_low(accepted: int, proposed: int, max_sampling_attempts: int) -> bool:
+    """
+    Whether `accepted` of `proposed` candidates puts the acceptance rate below `1 / max_sampling_attempts` with about
+    95% confidence (the Poisson upper bound `accepted + 3 + 2 sqrt(accepted)`: the rule of three at zero). Sampling
+    loops give up on it after a few multiples of `max_sampling_attempts` proposals, instead of spending their whole
+    allowance on a posterior that accepts (almost) nothing, such as one with a corrupt threshold.
+    """
+    return proposed > max_sampling_attempts * (accepted + 3 + 2 * math.sqrt(accepted))
 
 
 def completion_log_probs(
@@ -153,6 +202,8 @@ class BanelPosterior:
             samples requested, before it gives up (as `BanelConfig.max_sampling_attempts`).
         generation_config ([`~transformers.GenerationConfig`], *optional*):
             Default sampling settings of [`~BanelPosterior.generate`]; defaults to the model's.
+        disable_tqdm (`bool`, *optional*, defaults to `False`):
+            Hide the progress bar of [`~BanelPosterior.generate`] (samples accepted, acceptance rate).
     """
 
     def __init__(
@@ -164,6 +215,7 @@ class BanelPosterior:
         scoring_batch_size: int = 64,
         max_sampling_attempts: int = 10000,
         generation_config: GenerationConfig | None = None,
+        disable_tqdm: bool = False,
     ):
         self.model = model
         self.regions = list(regions or [])
@@ -172,6 +224,7 @@ class BanelPosterior:
         self.scoring_batch_size = scoring_batch_size
         self.max_sampling_attempts = max_sampling_attempts
         self.generation_config = generation_config or model.generation_config
+        self.disable_tqdm = disable_tqdm
 
     @property
     def thresholds(self) -> torch.Tensor:
@@ -386,10 +439,11 @@ class BanelPosterior:
 
         Candidates are drawn from `p_theta` with the given sampling arguments and rejected until each requested sample
         is accepted. Low acceptance is met by oversampling; once `max_sampling_attempts` candidates per requested
-        sample have been proposed in all, [`PosteriorAcceptanceError`] reports the acceptance rate instead of looping
-        on. The bound is on the total, not per sample: at acceptance `a`, a sample takes a geometric number of
-        attempts with mean `1 / a`, and a per-sample bound would fail some of many requested samples long before the
-        total is out of proportion.
+        sample have been proposed in all, or as soon as the acceptance rate is below 1 in `max_sampling_attempts`
+        with 95% confidence ([`acceptance_too_low`]), [`PosteriorAcceptanceError`] reports the acceptance rate
+        instead of looping on. The bound is on the total, not per sample: at acceptance `a`, a sample takes a
+        geometric number of attempts with mean `1 / a`, and a per-sample bound would fail some of many requested
+        samples long before the total is out of proportion.
         """
         config = GenerationConfig.from_dict({**(generation_config or self.generation_config).to_dict(), **kwargs})
         copies = config.num_return_sequences or 1
@@ -403,15 +457,17 @@ class BanelPosterior:
 
         completions: dict[int, torch.Tensor] = {}
         proposed = accepted = 0
+        progress = tqdm(total=input_ids.size(0), desc="Posterior samples", leave=False, disable=self.disable_tqdm)
         while len(completions) < input_ids.size(0):
             pending = torch.tensor([i for i in range(input_ids.size(0)) if i not in completions])
-            if proposed >= max_attempts * input_ids.size(0):
+            if proposed >= max_attempts * input_ids.size(0) or acceptance_too_low(accepted, proposed, max_attempts):
+                progress.close()
                 raise PosteriorAcceptanceError(
                     f"The posterior accepted {accepted} of {proposed} candidates (acceptance rate "
-                    f"{accepted / proposed:.2e}) and {len(pending)} requested samples are still missing after "
-                    f"{max_attempts} attempts per sample. Its {len(self.regions)} regions reject almost all of "
-                    "p_theta: raise `max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower "
-                    "`target_rejection_rate`)."
+                    f"{accepted / proposed:.2e}, below 1 in `max_sampling_attempts`={max_attempts} or out of its "
+                    f"{max_attempts} attempts per sample) and {len(pending)} requested samples are still missing. "
+                    f"Its {len(self.regions)} regions reject almost all of p_theta: raise `max_sampling_attempts`, "
+                    "or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
                 )
             # Oversample each pending row by the inverse of the acceptance seen so far, within the batch limit.
             acceptance = (accepted + 1) / (proposed + 1)
@@ -425,14 +481,25 @@ class BanelPosterior:
                 if row not in completions:
                     length = int(proposal.completion_mask[j].sum())
                     completions[row] = proposal.completion_ids[j, :length]
+                    progress.update()
+            progress.set_postfix(acceptance=f"{accepted / proposed:.2e}", refresh=False)
+        progress.close()
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
         ordered = [completions[i] for i in range(input_ids.size(0))]
         return torch.cat([input_ids, pad(ordered, padding_value=pad_token_id).to(input_ids.device)], dim=1)
 
-    def save_pretrained(self, save_directory: str) -> None:
+    def save_pretrained(self, save_directory: str, ledger: dict | None = None) -> None:
         """
         Save every region's adapter (one sub-folder each) and `banel_posterior.json` (thresholds and settings). The
         JSON is written last and atomically, so a folder only ever lists regions whose adapters are complete.
+
+        Args:
+            save_directory (`str`):
+                The folder to save to.
+            ledger (`dict`, *optional*):
+                The ledger the regions were fit on, as [`~RewardLedger.fingerprint`] gives it (its number of lines and
+                their sha256), recorded in the JSON: a run resumed from the folder checks that its ledger starts with
+                those lines.
         """
         os.makedirs(save_directory, exist_ok=True)
         if self.regions:
@@ -455,6 +522,7 @@ class BanelPosterior:
             **{name: getattr(self, name) for name in SAMPLER_SETTINGS},
             "generation_config": self.generation_config.to_diff_dict(),
             "base_model_name_or_path": self.model.get_base_model().config._name_or_path,
+            **({} if ledger is None else {"ledger": ledger}),
         }
         temporary = os.path.join(save_directory, POSTERIOR_CONFIG_NAME + ".tmp")
         with open(temporary, "w") as file:
@@ -477,10 +545,19 @@ class BanelPosterior:
         regions = read_regions(pretrained_path)
         for name in [name for region in regions for name in region.adapter_names]:
             adapter_path = os.path.join(pretrained_path, name)
-            if isinstance(model, PeftModel):
-                model.load_adapter(adapter_path, adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, adapter_path, adapter_name=name)
+            try:
+                if not os.path.isdir(adapter_path):
+                    raise FileNotFoundError("the folder is missing")
+                if isinstance(model, PeftModel):
+                    model.load_adapter(adapter_path, adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, adapter_path, adapter_name=name)
+            except Exception as error:
+                raise ValueError(
+                    f"{adapter_path}, an adapter listed in {os.path.join(pretrained_path, POSTERIOR_CONFIG_NAME)}, "
+                    f"cannot be loaded ({type(error).__name__}: {error}). Restore it from a backup, or save the "
+                    "posterior again."
+                ) from None
         if not isinstance(model, PeftModel):
             raise ValueError(f"{pretrained_path} holds no region: there is no adapter to load.")
         model.eval()

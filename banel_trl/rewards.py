@@ -1,12 +1,15 @@
 """Reward functions under TRL's contract: loading them, calling them, and combining their outputs."""
 
 import asyncio
+import copy
 import inspect
 import math
 import numbers
+import reprlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -74,42 +77,70 @@ def _describe(prompts: list, completions: list, index: int) -> str:
     return f"sample {index} (prompt={prompts[index]!r}, completion={completions[index]!r})"
 
 
+class _UnusableReward(ValueError):
+    """Why a value is no reward, in a message that names it."""
+
+
 def _as_reward(value: Any) -> float | None:
-    """A reward as a float, None for no reward (None or NaN); raises TypeError/ValueError for anything else."""
+    """
+    A reward as a float, None for no reward (None or NaN). Python, numpy and torch numbers and booleans count, as do
+    numpy arrays and tensors of one element; raises `_UnusableReward` for anything else (inf, 10**400, a string...).
+    """
+    if (
+        isinstance(value, (torch.Tensor, np.ndarray, np.generic))
+        and (value.numel() if isinstance(value, torch.Tensor) else value.size) == 1
+    ):
+        value = value.item()
     if value is None:
         return None
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
     if not isinstance(value, numbers.Real):
-        raise TypeError(f"{value!r} ({type(value).__name__}); expected a float or None")
-    value = float(value)
+        raise _UnusableReward(f"{reprlib.repr(value)} ({type(value).__name__}); expected a float or None")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise _UnusableReward(
+            f"{reprlib.repr(value)} ({type(value).__name__}), which overflows a float; expected a finite float, or "
+            "None or NaN for no reward"
+        ) from None
     if math.isinf(value):
-        raise ValueError(f"{value} (not finite); expected a finite float, or None or NaN for no reward")
+        raise _UnusableReward(f"{value} (not finite); expected a finite float, or None or NaN for no reward")
     return None if math.isnan(value) else value
 
 
 def _check_outputs(outputs: Any, name: str, prompts: list, completions: list) -> tuple[list, dict[int, str]]:
-    """The function's rewards (None where unusable) and, per unusable sample, why; raises if the output is no list."""
-    num_samples = len(prompts)
-    if outputs is None or isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__"):
+    """
+    The function's rewards (None where unusable) and, per unusable sample, why; raises [`RewardFunctionError`] if the
+    output is not one value per sample of the batch (`prompts`, as handed over: the function had a copy).
+    """
+    num_samples, values = len(prompts), None
+    if not (outputs is None or isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__")):
+        try:
+            values = list(outputs)
+        except Exception:  # sized but not iterable: a 0-d array or tensor
+            pass
+    if values is None:
         raise RewardFunctionError(
             f"Reward function {name!r} returned {type(outputs).__name__} for a batch of {num_samples} samples "
             f"(first: {_describe(prompts, completions, 0)}); expected a list of floats. Nothing of this batch was "
             "recorded; fix the function and call `train()` again to resume."
         )
-    if len(outputs) != num_samples:
+    if len(values) != num_samples:
         raise RewardFunctionError(
-            f"Reward function {name!r} returned {len(outputs)} rewards for a batch of {num_samples} samples (first: "
+            f"Reward function {name!r} returned {len(values)} rewards for a batch of {num_samples} samples (first: "
             f"{_describe(prompts, completions, 0)}); expected one per prompt-completion pair. Nothing of this batch "
             "was recorded; fix the function and call `train()` again to resume."
         )
     rewards, problems = [], {}
-    for index, value in enumerate(outputs):
+    for index, value in enumerate(values):
         try:
             rewards.append(_as_reward(value))
-        except (TypeError, ValueError) as error:
+        except Exception as error:  # a value that cannot be a finite float: unusable for this sample only
             rewards.append(None)
-            problems[index] = str(error)
+            problems[index] = (
+                str(error)
+                if isinstance(error, _UnusableReward)
+                else f"{reprlib.repr(value)} ({type(value).__name__}), unreadable as a float ({error!r})"
+            )
     return rewards, problems
 
 
@@ -152,24 +183,46 @@ def _await_all(pending: dict[int, Any], names: list[str], prompts: list, complet
     return results
 
 
+def _call(reward_func: Any, tokenizer, inputs: dict, trainer_state) -> Any:
+    """
+    One reward function on a batch: a reward model's scores, a coroutine for an async function (not started yet), or
+    the outputs of a callable. A callable gets its own deep copy of `inputs` (prompts, completions, ids and dataset
+    columns): whatever it does to them, the batch, the other functions and the ledger keep what was paid for.
+    """
+    if isinstance(reward_func, nn.Module):
+        return _reward_model_scores(reward_func, tokenizer, inputs["prompts"], inputs["completions"])
+    return reward_func(**copy.deepcopy(inputs), trainer_state=trainer_state)
+
+
+def _is_async(reward_func: Any) -> bool:
+    return inspect.iscoroutinefunction(reward_func) or (
+        callable(reward_func) and inspect.iscoroutinefunction(type(reward_func).__call__)
+    )
+
+
 def call_reward_funcs(
     reward_funcs: list,
     reward_processing_classes: list,
     prompts: list,
     completions: list,
     completion_ids: list[list[int]],
+    trainer_state=None,
     **reward_kwargs,
 ) -> list[list[float | None]]:
     """
     Call every reward function once on the batch, with TRL's signature
-    `f(prompts=..., completions=..., completion_ids=..., **dataset_columns)`, and return one row of rewards per
-    sample (None where a function returned None or NaN). Async functions run concurrently.
+    `f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **dataset_columns)`, and return one row of
+    rewards per sample (None where a function returned None or NaN). Async functions run concurrently. Each function
+    gets deep copies of the batch's prompts, completions, ids and columns (not of `trainer_state`): one that edits
+    them in place changes neither what is recorded nor what the other functions see.
 
     Raises [`RewardFunctionError`] naming the function and the sample when a function raises, returns something
-    other than one reward per sample, or returns a value that is not a finite float, None or NaN (a string, inf...).
-    When only some values are unusable, the error's `rows` holds the rewards of the samples whose values all are.
+    other than one reward per sample, or returns a value that is not a finite float, None or NaN (a string, inf,
+    10**400...). When only some values are unusable, the error's `rows` holds the rewards of the samples whose values
+    all are.
     """
     num_samples = len(prompts)
+    inputs = dict(prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs)
     columns: list[list[float | None] | None] = [None] * len(reward_funcs)
     problems: dict[int, list[str]] = {}
     names = [reward_func_name(reward_func) for reward_func in reward_funcs]
@@ -182,20 +235,11 @@ def call_reward_funcs(
     pending_async = {}
     for i, (reward_func, tokenizer) in enumerate(zip(reward_funcs, reward_processing_classes, strict=True)):
         try:
-            if isinstance(reward_func, nn.Module):
-                outputs = _reward_model_scores(reward_func, tokenizer, prompts, completions)
-            elif inspect.iscoroutinefunction(reward_func) or (
-                callable(reward_func) and inspect.iscoroutinefunction(type(reward_func).__call__)
-            ):
-                pending_async[i] = reward_func(
-                    prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs
-                )
+            outputs = _call(reward_func, tokenizer, inputs, trainer_state)
+            if _is_async(reward_func):
+                pending_async[i] = outputs
                 continue
-            else:
-                outputs = reward_func(
-                    prompts=prompts, completions=completions, completion_ids=completion_ids, **reward_kwargs
-                )
-            check(i, outputs)
+            check(i, outputs)  # raises RewardFunctionError only
         except BaseException as error:
             for coroutine in pending_async.values():
                 coroutine.close()  # never started: nothing paid
@@ -229,9 +273,13 @@ def check_reward_weights(reward_weights: list[float] | None, num_reward_funcs: i
 
 
 def weighted_reward(rewards: list[float | None], weights: list[float]) -> float | None:
-    """GRPO's combination: the weighted sum over the functions that gave a reward; None if none did."""
+    """
+    GRPO's combination: the weighted sum over the functions that gave a reward; None if none did, or if the sum
+    overflows (finite rewards whose weighted sum is not: no usable reward, so not a success).
+    """
     given = [(r, w) for r, w in zip(rewards, weights, strict=True) if r is not None]
-    return sum(r * w for r, w in given) if given else None
+    total = sum(r * w for r, w in given) if given else None
+    return total if total is not None and math.isfinite(total) else None
 
 
 class RewardEvaluator:
@@ -278,9 +326,10 @@ class RewardEvaluator:
     ) -> list[list[float | None]]:
         """
         The reward functions on a batch, with TRL's arguments: prompts, completions, ids, `trainer_state` and the
-        examples' other columns; see [`call_reward_funcs`]. They run on a fork of torch's random state: whatever they
-        draw (a reward that samples from a model, say) leaves the run's own draws unchanged, so a resumed run, which
-        does not call them again for recorded batches, still samples what the uninterrupted run did.
+        examples' other columns, each function its own deep copy of them; see [`call_reward_funcs`]. They run on a
+        fork of torch's random state: whatever they draw (a reward that samples from a model, say) leaves the run's
+        own draws unchanged, so a resumed run, which does not call them again for recorded batches, still samples
+        what the uninterrupted run did.
         """
         devices = [] if self.device.type == "cpu" else [self.device]
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):

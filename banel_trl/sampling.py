@@ -7,27 +7,37 @@ from typing import Any
 import torch
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils.logging import tqdm
 
 from .data import pad_prompts, tokenize_prompts
-from .posterior import BanelPosterior, Proposal
+from .posterior import BanelPosterior, Proposal, acceptance_too_low
 
 
 def generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args) -> GenerationConfig:
-    """The sampling settings of `p_theta` from a [`BanelConfig`]'s GRPO-named fields; `generation_kwargs` override."""
+    """
+    The sampling settings of `p_theta` from a [`BanelConfig`]'s GRPO-named fields; `generation_kwargs` override them
+    (`do_sample`, `top_k`, `max_new_tokens`...), except `temperature`, which the likelihoods must share.
+    """
     eos = model.generation_config.eos_token_id
-    return GenerationConfig(
-        max_new_tokens=args.max_completion_length,
-        do_sample=True,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
-        **(args.generation_kwargs or {}),
-    )
+    settings = {
+        "max_new_tokens": args.max_completion_length,
+        "do_sample": True,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": eos if eos is not None else tokenizer.eos_token_id,
+    }
+    overrides = dict(args.generation_kwargs or {})
+    if "temperature" in overrides and overrides["temperature"] != args.temperature:
+        raise ValueError(
+            "`generation_kwargs` sets `temperature`, which BaNEL also applies to every likelihood it computes: set "
+            "`temperature` itself instead, so that sampling and scoring use the same one."
+        )
+    return GenerationConfig(**{**settings, **overrides})
 
 
 def prompt_stream(dataset: Dataset, seed: int) -> Iterator[dict]:
@@ -85,6 +95,18 @@ class CandidateSampler:
             self._prompt_ids[key] = tokenize_prompts([prompt], self.tokenizer, self.chat_template_kwargs)[0]
         return self._prompt_ids[key]
 
+    def check_prompt_lengths(
+        self, dataset: Dataset, name: str, max_completion_length: int, context: int | None
+    ) -> None:
+        """Refuse a dataset (`name`) whose longest prompt leaves no room for a completion in the model's `context`."""
+        longest = self.longest_prompt(dataset)
+        if context is not None and longest + max_completion_length > context:
+            raise ValueError(
+                f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
+                f"{max_completion_length}, that exceeds the model's context of {context} tokens. Shorten or filter "
+                "the prompts, or lower `max_completion_length`."
+            )
+
     def longest_prompt(self, dataset: Dataset) -> int:
         """Tokens in the longest prompt of `dataset`, tokenising in chunks the prompts not cached yet."""
         prompts = {repr(prompt): prompt for prompt in dataset["prompt"]}
@@ -116,19 +138,30 @@ class CandidateSampler:
         return accepted
 
     def sample_accepted(
-        self, num_samples: int, max_proposed: int, exclude: Callable[[dict, str], bool] | None = None
+        self,
+        num_samples: int,
+        max_sampling_attempts: int,
+        exclude: Callable[[dict, str], bool] | None = None,
+        disable_tqdm: bool = False,
     ) -> list[tuple[Any, list[int]]]:
         """
-        Up to `num_samples` accepted candidates `(prompt, completion_ids)` in the order drawn, proposing at most
-        `max_proposed` candidates; `exclude(example, completion)` leaves a candidate out.
+        Up to `num_samples` accepted candidates `(prompt, completion_ids)` in the order drawn; `exclude(example,
+        completion)` leaves a candidate out. Gives up after `max_sampling_attempts` proposals per requested sample, or
+        once the acceptance rate is below 1 in `max_sampling_attempts` with 95% confidence ([`acceptance_too_low`]).
         """
         samples, proposed = [], 0
-        while len(samples) < num_samples and proposed < max_proposed:
+        progress = tqdm(total=num_samples, desc="Posterior samples", leave=False, disable=disable_tqdm)
+        while len(samples) < num_samples and proposed < max_sampling_attempts * num_samples:
+            if acceptance_too_low(len(samples), proposed, max_sampling_attempts):
+                break
             examples, proposal = self.propose_batch()
             proposed += len(examples)
             for example, completion_ids, completion in self.accepted(examples, proposal):
                 if exclude is None or not exclude(example, completion):
                     samples.append((example["prompt"], completion_ids))
+            progress.update(min(len(samples), num_samples) - progress.n)
+            progress.set_postfix(acceptance=f"{len(samples) / proposed:.2e}", refresh=False)
+        progress.close()
         return samples[:num_samples]
 
     def generate(self, examples: list[dict]) -> list[list[int]]:

@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+from collections.abc import Callable
 
 from datasets import Dataset
 from peft import (
@@ -13,6 +14,7 @@ from peft import (
     set_peft_model_state_dict,
 )
 from transformers import (
+    BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -28,18 +30,20 @@ from .collect import RoundCollector
 from .config import BanelConfig
 from .data import NegativesCollator, check_dataset
 from .distributed import on_main_process
+from .evaluation import count_successes
 from .hub import PAPER, TAGS, write_model_card
 from .ledger import RewardLedger
-from .models import default_peft_config, load_proposal, load_tokenizer, reference_adapter_name, region_adapter_name
-from .posterior import (
-    BASE_ADAPTER,
-    POSTERIOR_CONFIG_NAME,
-    BanelPosterior,
-    RejectionRegion,
-    completion_log_probs,
-    read_region_weights,
+from .manifest import FORCE, open_run_folder, run_manifest
+from .models import (
+    default_peft_config,
+    load_proposal,
+    load_tokenizer,
+    reference_adapter_name,
+    refuse_grpo_generation_hooks,
+    region_adapter_name,
 )
-from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs
+from .posterior import BASE_ADAPTER, BanelPosterior, RejectionRegion, completion_log_probs
+from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
 from .sampling import CandidateSampler, generation_config
 from .thresholds import calibrated_threshold, hold_out_calibration
 
@@ -113,8 +117,14 @@ class BanelTrainer(Trainer):
         optimizers (`tuple`, *optional*, defaults to `(None, None)`):
             Must stay `(None, None)`: each round trains new adapter parameters, so the optimizer is created per round
             from `args` (`optim`, `learning_rate`, `lr_scheduler_type`, ...).
+        quantization_config ([`~transformers.BitsAndBytesConfig`], *optional*):
+            As in [`~trl.GRPOTrainer`]: quantizes the frozen proposal loaded from `model` (a string), e.g. 4-bit for
+            QLoRA-style negative models on top of it.
         peft_config ([`~peft.PeftConfig`], *optional*):
             LoRA configuration of the negative models, one adapter per round. Defaults to rank 16 on all linear layers.
+        tools, rollout_func, environment_factory:
+            GRPO's agentic generation hooks. BaNEL samples `p_theta` itself and scores exactly what it sampled, so
+            they are refused when given.
     """
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: let the Trainer scale it
@@ -133,13 +143,18 @@ class BanelTrainer(Trainer):
         reward_processing_classes: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase] | None = None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers: tuple = (None, None),
+        quantization_config: BitsAndBytesConfig | None = None,
         peft_config: PeftConfig | None = None,
+        tools: list | None = None,
+        rollout_func: Callable | None = None,
+        environment_factory: Callable | None = None,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else model.config._name_or_path
             args = BanelConfig(f"{model_name.split('/')[-1]}-BaNEL")
         if not isinstance(args, BanelConfig):
             raise ValueError(f"`args` must be a BanelConfig, got {type(args).__name__}.")
+        refuse_grpo_generation_hooks(tools=tools, rollout_func=rollout_func, environment_factory=environment_factory)
         if optimizers != (None, None):
             raise ValueError(
                 "BanelTrainer creates a new optimizer every round, for that round's new adapter: pass `optim`, "
@@ -151,7 +166,7 @@ class BanelTrainer(Trainer):
 
         # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
         set_seed(args.seed)
-        model = load_proposal(model, args)
+        model = load_proposal(model, args, quantization_config)
         processing_class = load_tokenizer(processing_class, model, args)
 
         self.peft_config = peft_config or default_peft_config()
@@ -171,20 +186,20 @@ class BanelTrainer(Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        for i, reward_func in enumerate(self.reward_funcs):
-            if isinstance(reward_func, PreTrainedModel):
-                self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
         self._set_up_sampling(train_dataset, eval_dataset)
-        self.ledger: RewardLedger | None = None
+        self.ledger = RewardLedger.replica([])  # empty until `train()` opens the run's
         self._fit_examples: list[dict] = []  # what the adapter being fit learns from
         self._round = 0
         self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
 
     def _set_up_sampling(self, train_dataset: Dataset, eval_dataset: Dataset | None) -> None:
         """
-        The posterior over the model, the sampler of its candidates and the reward functions' evaluator; prompts that
-        leave no room for a completion are refused.
+        The posterior over the model, the sampler of its candidates and the reward functions' evaluator (reward models
+        placed by Accelerate); prompts that leave no room for a completion are refused.
         """
+        for i, reward_func in enumerate(self.reward_funcs):
+            if isinstance(reward_func, PreTrainedModel):
+                self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
         args, processing_class = self.args, self.processing_class
         self.generation_config = generation_config(self.model, processing_class, args)
         self.posterior = BanelPosterior(
@@ -194,6 +209,7 @@ class BanelTrainer(Trainer):
             scoring_batch_size=args.scoring_batch_size,
             max_sampling_attempts=args.max_sampling_attempts,
             generation_config=self.generation_config,
+            disable_tqdm=args.disable_tqdm,
         )
         # Each round restarts its prompt stream from the round's seed: see `_seed_round`.
         self.sampler = CandidateSampler(
@@ -213,63 +229,54 @@ class BanelTrainer(Trainer):
             is_conversational(train_dataset[0]),
             self.accelerator.device,
         )
-        self._check_prompt_lengths(train_dataset, "train_dataset")
-        if eval_dataset is not None:
-            self._check_prompt_lengths(eval_dataset, "eval_dataset")
-
-    # ------------------------------------------------------------------ set-up
-
-    def _check_prompt_lengths(self, dataset: Dataset, name: str) -> None:
-        """Tokenise every prompt once (the ids are cached) and refuse prompts that leave no room for a completion."""
         context = getattr(self.model.config, "max_position_embeddings", None)
-        longest = self.sampler.longest_prompt(dataset)
-        if context is not None and longest + self.args.max_completion_length > context:
-            raise ValueError(
-                f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
-                f"{self.args.max_completion_length}, that exceeds the model's context of {context} tokens. Shorten "
-                "or filter the prompts, or lower `max_completion_length`."
-            )
+        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if dataset is not None:
+                self.sampler.check_prompt_lengths(dataset, name, args.max_completion_length, context)
 
     # ------------------------------------------------------------------ state
 
     @property
     def num_reward_evaluations(self) -> int:
         """Reward evaluations paid so far (including those restored from the ledger)."""
-        return 0 if self.ledger is None else len(self.ledger)
+        return len(self.ledger)
 
     @property
     def successes(self) -> list[dict]:
         """Every evaluated sample that reached the success threshold: ledger records (prompt, completion, reward...)."""
-        return [] if self.ledger is None else [r for r in self.ledger.records if r["success"]]
+        return [r for r in self.ledger.records if r["success"]]
 
-    def _open_ledger(self) -> None:
+    def _open_ledger(self, force: bool = False) -> None:
         """
-        Open the ledger and reload the regions of finished rounds from `output_dir`. Only the main process reads
-        (and locks) the files; it sends the ledger's lines and the regions' weights to the other processes.
+        Open the ledger and reload the regions of finished rounds and the metrics logged from `output_dir`, once it
+        is checked to hold this run (`open_run_folder`). Only the main process reads (and locks) the files; it sends
+        the ledger's lines, the regions' weights and the metrics to the other processes.
         """
 
         def read_output_dir():
-            if self.ledger is not None:
-                self.ledger.close()
-            self.ledger = RewardLedger(self.args.output_dir)
-            saved = os.path.exists(os.path.join(self.args.output_dir, POSTERIOR_CONFIG_NAME))
-            regions, weights = (
-                read_region_weights(self.args.output_dir) if saved and not self.posterior.regions else ([], [])
-            )
-            return self.ledger.lines, regions, weights
+            self.ledger.close()
+            names = [reward_func_name(f) for f in self.reward_funcs]
+            manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
+            folder = open_run_folder(self.args.output_dir, manifest, force, load_weights=not self.posterior.regions)
+            self.ledger = folder.ledger
+            return self.ledger.lines, folder.regions, folder.weights, folder.log_history
 
-        lines, regions, weights = on_main_process(self.accelerator, read_output_dir)
+        lines, regions, weights, log_history = on_main_process(self.accelerator, read_output_dir)
         if not self.accelerator.is_main_process:
             self.ledger = RewardLedger.replica(lines)
-        if len(self.ledger):
-            logger.info(f"Resuming from a ledger of {len(self.ledger)} paid evaluations in {self.args.output_dir}.")
-        for region, region_weights in zip(regions, weights, strict=True):
+        self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
+        if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
+            self._save_posterior()  # this process's save failed before: save again what it fit
+        for region, region_weights in zip(regions, weights, strict=True) if weights else ():  # a new process
             for name, adapter_weights in region_weights.items():
                 self._ensure_adapter(name)
                 set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
             self.posterior.add_region(region)
-        if regions:
-            logger.info(f"Resuming with the {len(regions)} regions saved in {self.args.output_dir}.")
+        if len(self.ledger) or regions:
+            logger.warning(
+                f"Resuming run in {self.args.output_dir}: {len(self.ledger)} paid evaluations, "
+                f"{len(self.posterior.regions)} regions."
+            )
 
     def _ensure_adapter(self, name: str) -> None:
         if name not in self.model.peft_config:
@@ -281,15 +288,17 @@ class BanelTrainer(Trainer):
         """
         Run BaNEL. A run always resumes from `output_dir` when it holds a ledger: paid evaluations are reused, never
         paid again, the regions of finished rounds are reloaded, and an interrupted round samples again from its seed.
-        `resume_from_checkpoint` is accepted for compatibility with Trainer scripts and has no other effect.
+        A resume that contradicts the run recorded in `output_dir` (`banel_run.json`: model, tokenizer, rewards,
+        sampling and fit settings) is refused, naming every difference; `resume_from_checkpoint="force"` resumes with
+        the new settings. Other values of `resume_from_checkpoint` are accepted for Trainer scripts, without effect.
 
         With several processes (`accelerate launch`), the main process samples, pays for the rewards and writes the
         ledger; every process receives the results, and the negative models are fit data-parallel.
         """
-        self._open_ledger()
         args = self.args
         fit_losses = []
         try:
+            self._open_ledger(force=resume_from_checkpoint == FORCE)
             # A round that added no region (see `reference_min_successes`) is collected again from the ledger.
             first_round = self.posterior.regions[-1].round + 1 if self.posterior.regions else 0
             for k in range(first_round, args.num_rounds):
@@ -307,7 +316,7 @@ class BanelTrainer(Trainer):
                     self.posterior.add_region(region)
                     fit_losses.append(fit_loss)
                     if args.should_save:
-                        self.posterior.save_pretrained(args.output_dir)
+                        self._save_posterior()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
                 if stats["evaluated"] < stats["budget"]:
                     logger.warning(
@@ -318,7 +327,7 @@ class BanelTrainer(Trainer):
                     )
                     break
         finally:
-            self.ledger.close()  # releases the lock; the records stay readable
+            self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
         mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
         metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
         return TrainOutput(self._fit_steps_before_round, mean_loss, metrics)
@@ -414,6 +423,8 @@ class BanelTrainer(Trainer):
 
     def _fit_adapter(self, name: str, examples: list[dict], warm_start: str | None = None) -> float:
         """Fit the LoRA adapter `name` (new, or a copy of `warm_start`) on `examples` with `Trainer.train`."""
+        if name in self.model.peft_config and all(name not in r.adapter_names for r in self.posterior.regions):
+            self.model.delete_adapter(name)  # initialised afresh: a fit that raised may have left it half-trained
         self._ensure_adapter(name)
         if warm_start is not None:
             state = get_peft_model_state_dict(self.model, adapter_name=warm_start)
@@ -423,7 +434,11 @@ class BanelTrainer(Trainer):
         self.optimizer, self.lr_scheduler = None, None  # new parameters every fit: new optimizer
         self.model_wrapped = self.model  # re-wrap so distributed wrappers see this fit's trainable parameters
         history = self.state.log_history
-        output = super().train()
+        try:
+            output = super().train()
+        except BaseException:
+            self.state.log_history = history  # without the failed fit's: a retry fits again
+            raise
         self.state.log_history = history + self.state.log_history
         self._fit_steps_before_round += self.state.global_step
         return output.training_loss
@@ -436,13 +451,14 @@ class BanelTrainer(Trainer):
         """
 
         def is_known_success(example: dict, completion: str) -> bool:
-            record = self.ledger.lookup(example["prompt"], completion)
-            return record is not None and record["success"]
+            return self.ledger.is_known_success(example["prompt"], completion)
 
         def sample():
             self._seed_stream(self.args.seed + k + REFERENCE_SEED_OFFSET)
-            max_proposed = self.args.max_sampling_attempts * num_examples
-            return self.sampler.sample_accepted(num_examples, max_proposed, exclude=is_known_success)
+            args = self.args
+            return self.sampler.sample_accepted(
+                num_examples, args.max_sampling_attempts, exclude=is_known_success, disable_tqdm=args.disable_tqdm
+            )
 
         examples = on_main_process(self.accelerator, sample)
         if len(examples) < num_examples:
@@ -525,21 +541,8 @@ class BanelTrainer(Trainer):
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         check_dataset(dataset, "eval_dataset")
-        args = self.args
-        prompts_per_batch = args.generation_batch_size // args.num_generations
-
-        def count_successes() -> int:
-            num_successes = 0
-            for start in range(0, len(dataset), prompts_per_batch):
-                rows = dataset.select(range(start, min(start + prompts_per_batch, len(dataset))))
-                examples = [example for example in rows for _ in range(args.num_generations)]
-                completion_ids = self.sampler.generate(examples)
-                rows = self.rewards(examples, completion_ids, trainer_state=self.state)
-                num_successes += sum(self.rewards.is_success(self.rewards.reward(row)) for row in rows)
-            return num_successes
-
-        num_successes = on_main_process(self.accelerator, count_successes)
-        num_samples = len(dataset) * args.num_generations
+        count = (self.sampler, self.rewards, dataset, self.state)
+        num_successes, num_samples = on_main_process(self.accelerator, count_successes, *count)
         metrics = {
             f"{metric_key_prefix}_success_rate": num_successes / num_samples,
             f"{metric_key_prefix}_num_samples": num_samples,
@@ -551,8 +554,12 @@ class BanelTrainer(Trainer):
         """Save the posterior (every region's adapter and the thresholds) and the tokenizer."""
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
-            self.posterior.save_pretrained(output_dir)
+            self._save_posterior(output_dir)
             self.processing_class.save_pretrained(output_dir)
+
+    def _save_posterior(self, output_dir: str | None = None) -> None:
+        """Save the posterior, recording the ledger its regions were fit on (checked when the run resumes)."""
+        self.posterior.save_pretrained(output_dir or self.args.output_dir, ledger=self.ledger.fingerprint())
 
     def create_model_card(
         self,

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trl.rewards
 import yaml
 
 from banel_trl import cli
@@ -99,6 +100,9 @@ def test_report_refuses_a_folder_without_ledger(tmp_path):
 def test_reward_registry_and_import_paths():
     assert get_reward_func("banel_trl.testing.starts_with_b") is starts_with_b
     assert get_reward_func("gsm8k_exact_match")(["#### 3"], ["3"]) == [1.0]
+    # TRL's reward names resolve as in `trl grpo`.
+    assert get_reward_func("accuracy_reward") is trl.rewards.accuracy_reward
+    assert get_reward_func("think_format_reward")([[{"role": "assistant", "content": "<think>a</think>b"}]]) == [1.0]
     reward = get_reward_func("addition_attack_no_leading_zeros")
     assert reward(completions=["007+1="]) == [0.0]
     with pytest.raises(ValueError, match="Expected one of"):

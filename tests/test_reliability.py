@@ -19,7 +19,7 @@ from transformers import TrainerCallback
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, RewardLedger, sample_key
-from banel_trl.posterior import POSTERIOR_CONFIG_NAME
+from banel_trl.posterior import POSTERIOR_CONFIG_NAME, PosteriorAcceptanceError
 from banel_trl.rewards import RewardFunctionError
 from banel_trl.testing import char_tokenizer, starts_with_b, tiny_qwen2
 
@@ -385,8 +385,8 @@ def test_a_resume_that_samples_differently_keeps_what_was_paid_and_the_budget(
         train_dataset=unconditional_dataset,
         processing_class=tokenizer,
     )
-    with caplog.at_level("WARNING", logger="banel_trl.trainer"):
-        resumed.train()
+    with caplog.at_level("WARNING"):
+        resumed.train(resume_from_checkpoint="force")  # another seed contradicts the run's manifest
     assert f"did not draw again the {len(first)} evaluations it had paid for" in caplog.text
     final = [sample_key(r["prompt"], r["completion"]) for r in resumed.ledger.records]
     assert final[: len(first)] == first and len(final) == len(set(final)) == 16
@@ -560,6 +560,46 @@ def test_acceptance_collapse_ends_the_run_with_the_acceptance_figures(
     assert trainer.num_reward_evaluations == 20 and len(trainer.posterior.regions) == 2
     assert "only 0 of 20 reference samples" in caplog.text
     assert trainer.posterior.regions[1].reference_adapter == "__base__"
+
+
+def test_a_posterior_that_accepts_nothing_is_given_up_on_well_before_its_allowance(
+    make_proposal, tokenizer, unconditional_dataset, make_config, caplog, tmp_path
+):
+    # A run folder whose threshold was edited to -1e9: its region rejects every candidate. With 50 evaluations to
+    # collect and max_sampling_attempts=100, the allowance is 5,000 proposals; at zero acceptance the loops give up
+    # once the rate is below 1 in 100 with 95% confidence (~300 proposals), with the acceptance figures.
+    args = make_config(max_reward_evaluations=50, samples_per_round=50, num_train_epochs=1, max_sampling_attempts=100)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    trainer.train()
+    path = os.path.join(args.output_dir, POSTERIOR_CONFIG_NAME)
+    with open(path) as file:
+        config = json.load(file)
+    config["regions"][0]["threshold"] = -1e9
+    with open(path, "w") as file:
+        json.dump(config, file)
+
+    args = make_config(max_reward_evaluations=100, samples_per_round=50, num_train_epochs=1, max_sampling_attempts=100)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    end = trainer.ledger.round_ends[1]
+    assert end["accepted"] == end["evaluated"] == 0 and 300 <= end["proposed"] <= 400, end
+    assert "Round 1: the posterior accepted 0 of" in caplog.text and trainer.num_reward_evaluations == 50
+
+    proposed = []
+    propose = trainer.posterior.propose
+    trainer.posterior.propose = lambda *a, **kw: proposed.append(len(a[0])) or propose(*a, **kw)
+    with pytest.raises(PosteriorAcceptanceError, match="accepted 0 of .* below 1 in `max_sampling_attempts`=100"):
+        trainer.posterior.generate(torch.full((50, 1), tokenizer.bos_token_id), max_sampling_attempts=100)
+    assert 300 <= sum(proposed) <= 400, sum(proposed)
+    trainer.sampler.restart(unconditional_dataset, seed=0)
+    before = sum(proposed)
+    assert trainer.sampler.sample_accepted(50, max_sampling_attempts=100) == []
+    assert 300 <= sum(proposed) - before <= 400, sum(proposed) - before
 
 
 # ---------------------------------------------------------------------------------------------- bad configuration

@@ -178,6 +178,8 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
             raise ConnectionError("the lab is closed")
         return counting(prompts=prompts, completions=completions, **kwargs)
 
+    crashes_on_third_batch.__name__ = counting.__name__  # the same reward, whose lab was closed: the run's manifest
+
     args = make_config(max_reward_evaluations=150, samples_per_round=50, generation_batch_size=32)
     trainer = BanelTrainer(
         make_proposal(),
@@ -186,7 +188,7 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
         train_dataset=unconditional_dataset,
         processing_class=tokenizer,
     )
-    with pytest.raises(RuntimeError, match="crashes_on_third_batch.*ConnectionError"):
+    with pytest.raises(RuntimeError, match="counting_reward.*ConnectionError"):
         trainer.train()
     paid_before = list(counting.calls)
     trainer.ledger.close()
@@ -402,4 +404,21 @@ def test_bad_trainer_arguments_raise(proposal, tokenizer, make_config, unconditi
             train_dataset=unconditional_dataset,
             processing_class=tokenizer,
             optimizers=(torch.optim.SGD(proposal.parameters(), lr=1), None),
+        )
+
+
+def test_generation_kwargs_override_the_sampling_settings(proposal, tokenizer, unconditional_dataset, make_config):
+    args = make_config(generation_kwargs={"do_sample": True, "top_k": 2, "max_new_tokens": 3, "num_beams": 1})
+    trainer = BanelTrainer(
+        proposal, starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    config = trainer.generation_config
+    assert (config.do_sample, config.top_k, config.max_new_tokens) == (True, 2, 3)
+    with pytest.raises(ValueError, match="set `temperature` itself"):
+        BanelTrainer(
+            proposal,
+            starts_with_b,
+            args=make_config(generation_kwargs={"temperature": 0.5}),
+            train_dataset=unconditional_dataset,
+            processing_class=tokenizer,
         )

@@ -37,7 +37,9 @@ class BanelScriptArguments(ScriptArguments):
     Args:
         reward_funcs (`list[str]`, *optional*):
             Reward functions: names from the registry (`gsm8k_exact_match`, `addition_attack`,
-            `addition_attack_no_leading_zeros`) or dotted import paths (e.g. `'my_lib.rewards.my_reward'`).
+            `addition_attack_no_leading_zeros`, and TRL's `accuracy_reward`, `reasoning_accuracy_reward`,
+            `think_format_reward`, `get_soft_overlong_punishment`, as in `trl grpo`) or dotted import paths (e.g.
+            `'my_lib.rewards.my_reward'`).
         reward_model_name_or_path (`str`, *optional*):
             A sequence-classification reward model (Hub id or local path), used as a reward function.
         write_report (`bool`, *optional*, defaults to `True`):
@@ -49,7 +51,9 @@ class BanelScriptArguments(ScriptArguments):
         default_factory=list,
         metadata={
             "help": "Reward functions: registry names (gsm8k_exact_match, addition_attack, "
-            "addition_attack_no_leading_zeros) or dotted import paths (e.g. 'my_lib.rewards.my_reward')."
+            "addition_attack_no_leading_zeros, and TRL's accuracy_reward, reasoning_accuracy_reward, "
+            "think_format_reward, get_soft_overlong_punishment) or dotted import paths (e.g. "
+            "'my_lib.rewards.my_reward')."
         },
     )
     reward_model_name_or_path: str | None = field(

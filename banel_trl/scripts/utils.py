@@ -4,6 +4,8 @@ import importlib
 import os
 import sys
 
+from trl.rewards import accuracy_reward, get_soft_overlong_punishment, reasoning_accuracy_reward, think_format_reward
+
 from banel_trl.tasks import addition_attack
 from banel_trl.tasks.gsm8k import gsm8k_exact_match
 
@@ -14,11 +16,18 @@ def _addition_attack_reward(allow_leading_zeros: bool) -> addition_attack.Additi
     )
 
 
-# Name -> factory of the reward function (factories: some rewards load a model).
+# Name -> factory of the reward function (factories: some rewards load a model). TRL's names resolve as in `trl grpo`
+# (trl/scripts/grpo.py), with the same arguments.
 REWARD_FUNCS = {
     "gsm8k_exact_match": lambda: gsm8k_exact_match,
     "addition_attack": lambda: _addition_attack_reward(allow_leading_zeros=True),
     "addition_attack_no_leading_zeros": lambda: _addition_attack_reward(allow_leading_zeros=False),
+    "accuracy_reward": lambda: accuracy_reward,
+    "reasoning_accuracy_reward": lambda: reasoning_accuracy_reward,
+    "think_format_reward": lambda: think_format_reward,
+    "get_soft_overlong_punishment": lambda: get_soft_overlong_punishment(
+        max_completion_len=1280, soft_punish_cache=256
+    ),
 }
 
 
@@ -29,7 +38,8 @@ def get_reward_func(name: str):
     Args:
         name (`str`):
             A registry name (a key of `REWARD_FUNCS`: `gsm8k_exact_match`, `addition_attack`,
-            `addition_attack_no_leading_zeros`) or a dotted import path (`my_lib.rewards.my_reward`), looked up from
+            `addition_attack_no_leading_zeros`, and TRL's `accuracy_reward`, `reasoning_accuracy_reward`,
+            `think_format_reward`, `get_soft_overlong_punishment`) or a dotted import path (`my_lib.rewards.my_reward`), looked up from
             the current directory too.
 
     Returns:
