@@ -4,7 +4,8 @@ from .callbacks import BanelCallback
 from .config import BanelConfig
 from .hub import push_posterior_to_hub
 from .ledger import RewardLedger
-from .posterior import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
+from .posterior import BanelPosterior, PosteriorAcceptanceError
+from .regions import RejectionRegion
 from .trainer import BanelTrainer
 
 

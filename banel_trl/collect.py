@@ -174,3 +174,55 @@ class RoundCollector:
         """`record` with the rewards it was paid for: one per function, their weighted sum and whether it succeeds."""
         reward = self.rewards.reward(rewards)
         return {**record, "rewards": rewards, "reward": reward, "success": self.rewards.is_success(reward)}
+
+
+def round_metrics(ledger: RewardLedger, k: int, stats: dict, max_reward_evaluations: int, num_regions: int) -> dict:
+    """The figures logged for round `k`: NREs, successes, the success rate of its paid samples, its acceptance."""
+    this_round = ledger.paid_in_round(k)
+    successes = sum(r["success"] for r in this_round)
+    return {
+        "round": k,
+        "nre/used": len(ledger),
+        "nre/left": max_reward_evaluations - len(ledger),
+        "successes/total": sum(r["success"] for r in ledger.records),
+        "successes/round": successes,
+        "success_rate": successes / max(len(this_round), 1),
+        "acceptance_rate": stats["accepted"] / max(stats["proposed"], 1),
+        "repeats": stats["repeats"],
+        "regions": num_regions,
+    }
+
+
+def region_has_evidence(ledger: RewardLedger, k: int, args: BanelConfig) -> bool:
+    """
+    Whether round `k` found enough successes for a region scored against a reference fit on the same posterior, the
+    successes being all that tells its failures from the reference's samples (`reference_min_successes`). Regions
+    scored against the model that drew their samples (`p_theta` in round 0, a distilled proposal, or
+    `reference_model="proposal"`) need none.
+    """
+    if args.reference_model != "posterior" or k == 0 or args.distill_posterior:
+        return True
+    num_successes = sum(r["success"] for r in ledger.paid_in_round(k))
+    if num_successes >= args.reference_min_successes:
+        return True
+    logger.warning(
+        f"Round {k} adds no region: it found {num_successes} success(es), fewer than `reference_min_successes`="
+        f"{args.reference_min_successes}, and they are all that would tell its failures from the reference's "
+        "samples, so the region would be fitting noise. Its evaluations stay in the ledger; the posterior is "
+        "unchanged."
+    )
+    return False
+
+
+def negative_examples(ledger: RewardLedger, sampler: CandidateSampler, k: int, negative_samples: str) -> list[dict]:
+    """
+    The failures the negative model of round `k` is fit on: its own (`negative_samples="round"`) or every round's so
+    far (`"all"`), paid evaluations and free repeats; successes are excluded by construction.
+    """
+    rounds = [k] if negative_samples == "round" else range(k + 1)
+    return [
+        {"prompt_ids": sampler.prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"], "round": round_index}
+        for round_index in rounds
+        for r in ledger.samples_of_round(round_index)
+        if not r["success"]
+    ]

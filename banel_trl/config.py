@@ -186,6 +186,27 @@ class BanelConfig(TrainingArguments):
             Rows per forward pass when scoring candidates under `p_theta` and the regions (a candidate takes one row
             per model it is scored under; one a region rejects is not scored under the later ones).
 
+        > Distillation (the paper's Algorithm 2)
+
+        distill_posterior (`bool`, *optional*, defaults to `False`):
+            After each round, fit a LoRA proposal `q_{k+1}` by maximum likelihood on unevaluated samples of the
+            posterior (no NRE) and sample the next round from it. Round `k+1`'s negative model starts from `q_{k+1}`
+            and its region is `log p_phi - log q_{k+1} > threshold`: each round is a round 0 against the model that
+            drew its samples (`reference_model` does not apply), the acceptance stays near `1 - rejection rate`
+            instead of multiplying down, and the run ends with one generator, a plain PEFT adapter (saved at the top
+            of `output_dir` by `save_model`). Regions already distilled into the proposal stop rejecting unless
+            `keep_distilled_regions`.
+        distillation_samples (`int`, *optional*):
+            Unevaluated posterior samples each distillation is fit on. Defaults to `2 * samples_per_round`.
+        distillation_epochs (`float`, *optional*):
+            Epochs of each distillation fit. Defaults to `num_train_epochs`.
+        distillation_warm_start (`bool`, *optional*, defaults to `True`):
+            Start `q_{k+1}` from `q_k` (the posterior is `q_k` minus a region: a small change) instead of from
+            `p_theta`.
+        keep_distilled_regions (`bool`, *optional*, defaults to `False`):
+            Keep rejecting with the regions already distilled into the proposal: exact filters on top of an
+            approximate proposal, at the price of their acceptance.
+
         > Logging
 
         log_completions (`bool`, *optional*, defaults to `False`):
@@ -384,6 +405,36 @@ class BanelConfig(TrainingArguments):
         metadata={"help": "Rows per forward pass when scoring candidates under p_theta and all regions."},
     )
 
+    # Distillation (the paper's Algorithm 2)
+    distill_posterior: bool = field(
+        default=False,
+        metadata={
+            "help": "After each round, fit a LoRA proposal on unevaluated posterior samples and sample the next round "
+            "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter."
+        },
+    )
+    distillation_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Unevaluated posterior samples each distillation is fit on. Defaults to 2 * samples_per_round."
+        },
+    )
+    distillation_epochs: float | None = field(
+        default=None,
+        metadata={"help": "Epochs of each distillation fit. Defaults to num_train_epochs."},
+    )
+    distillation_warm_start: bool = field(
+        default=True,
+        metadata={"help": "Start each distilled proposal from the previous one instead of from p_theta."},
+    )
+    keep_distilled_regions: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep rejecting with the regions already distilled into the proposal (exact filters, at the price "
+            "of their acceptance) instead of only the newest one."
+        },
+    )
+
     # Logging
     log_completions: bool = field(
         default=False,
@@ -434,6 +485,7 @@ class BanelConfig(TrainingArguments):
             raise ValueError(f"`reference_min_successes` must be >= 0, got {self.reference_min_successes}.")
         if self.threshold_type not in THRESHOLD_TYPES:
             raise ValueError(f"`threshold_type` must be one of {THRESHOLD_TYPES}, got {self.threshold_type!r}.")
+        self._check_distillation()
         if self.first_region_rejection_rate is None:
             self.first_region_rejection_rate = self.target_rejection_rate
         for name in ("target_rejection_rate", "first_region_rejection_rate", "calibration_fraction"):
@@ -447,6 +499,17 @@ class BanelConfig(TrainingArguments):
             raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
         if self.top_k < 0:
             raise ValueError(f"`top_k` must be >= 0, got {self.top_k}.")
+
+    def _check_distillation(self) -> None:
+        """Fill in and check the distillation settings (see `distill_posterior`)."""
+        if self.distillation_samples is None:
+            self.distillation_samples = 2 * self.samples_per_round
+        if self.distillation_epochs is None:
+            self.distillation_epochs = self.num_train_epochs
+        if self.distillation_samples < 2:
+            raise ValueError(f"`distillation_samples` must be at least 2, got {self.distillation_samples}.")
+        if not self.distillation_epochs > 0:
+            raise ValueError(f"`distillation_epochs` must be > 0, got {self.distillation_epochs}.")
 
     def _check_types(self) -> None:
         """

@@ -10,7 +10,7 @@ from importlib.metadata import version
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .ledger import LEDGER_NAME
-from .posterior import read_posterior_config
+from .regions import read_posterior_config
 from .report import REPORT_PLOT_NAME, RunSummary, clopper_pearson, plot_run, read_run
 
 

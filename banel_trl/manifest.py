@@ -12,7 +12,7 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .ledger import LEDGER_NAME, RewardLedger
-from .posterior import POSTERIOR_CONFIG_NAME, RejectionRegion, read_posterior_config, read_region_weights, read_regions
+from .regions import POSTERIOR_CONFIG_NAME, RejectionRegion, read_posterior_config, read_region_weights, read_regions
 
 
 logger = logging.getLogger(__name__)

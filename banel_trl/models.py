@@ -1,6 +1,9 @@
 """The model stack: the frozen proposal `p_theta`, its tokenizer, and the LoRA adapters BaNEL fits on top of it."""
 
 import logging
+import os
+import shutil
+import tempfile
 
 import torch
 from peft import LoraConfig, PeftModel
@@ -24,6 +27,11 @@ def region_adapter_name(round_index: int) -> str:
 def reference_adapter_name(round_index: int) -> str:
     """The adapter of round `round_index`'s reference `p_ref_k`, when it is a model of the posterior."""
     return f"reference_{round_index}"
+
+
+def proposal_adapter_name(round_index: int) -> str:
+    """The adapter of the proposal distilled for round `round_index` (see `BanelConfig.distill_posterior`)."""
+    return f"proposal_{round_index}"
 
 
 def default_peft_config() -> LoraConfig:
@@ -79,3 +87,17 @@ def refuse_grpo_generation_hooks(**hooks) -> None:
             "itself and must score exactly what it sampled, so generation cannot go through tools, a custom rollout "
             "or an environment. Drop these arguments; put the environment's judgement in a reward function."
         )
+
+
+def save_adapter_as_model(model: PeftModel, adapter_name: str, directory: str) -> None:
+    """
+    Save the LoRA adapter `adapter_name` of `model` as a standalone PEFT model at the top of `directory`
+    (`adapter_config.json`, `adapter_model.safetensors`), written by PEFT itself: `AutoPeftModelForCausalLM`, a
+    `pipeline` or an inference server that loads LoRA adapters sample it without banel_trl.
+    """
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as staging:
+        model.save_pretrained(staging, selected_adapters=[adapter_name])
+        saved = os.path.join(staging, adapter_name) if adapter_name != "default" else staging
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.move(os.path.join(saved, name), os.path.join(directory, name))

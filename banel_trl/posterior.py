@@ -10,41 +10,29 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import PeftModel, load_peft_weights
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
 
+from .regions import BASE_ADAPTER, POSTERIOR_CONFIG_NAME, RejectionRegion, read_posterior_config, read_regions
 
-POSTERIOR_CONFIG_NAME = "banel_posterior.json"
+
 LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_log_probs` (64 MiB in float32)
 MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
 MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
-SAMPLER_SETTINGS = ("temperature", "length_normalize", "scoring_batch_size", "max_sampling_attempts")
+SAMPLER_SETTINGS = (
+    "temperature",
+    "length_normalize",
+    "scoring_batch_size",
+    "max_sampling_attempts",
+    "proposal_adapter",
+    "keep_distilled_regions",
+)
 
 
 class PosteriorAcceptanceError(RuntimeError):
     """Raised when rejection sampling hits its attempt cap: the posterior accepts (almost) nothing."""
-
-
-@dataclass
-class RejectionRegion:
-    """
-    `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold}`. `p_phi_k` is the LoRA adapter `adapter_name`, the
-    negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
-    a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`).
-    """
-
-    adapter_name: str
-    threshold: float
-    round: int
-    reference_adapter: str = BASE_ADAPTER
-
-    @property
-    def adapter_names(self) -> list[str]:
-        """The LoRA adapters the region is made of."""
-        return [self.adapter_name] + ([] if self.reference_adapter == BASE_ADAPTER else [self.reference_adapter])
 
 
 @dataclass
@@ -61,64 +49,6 @@ class Proposal:
     completion_mask: torch.Tensor
     log_ratios: torch.Tensor
     accepted: torch.Tensor
-
-
-def read_posterior_config(path: str) -> dict:
-    """The settings and regions of the posterior saved in `path` (`banel_posterior.json`), checked to be one."""
-    file_path = os.path.join(path, POSTERIOR_CONFIG_NAME)
-    with open(file_path, "rb") as file:
-        data = file.read()
-    try:
-        config = json.loads(data)
-        if not isinstance(config, dict) or not isinstance(config.get("regions"), list):
-            raise ValueError("it does not list regions")
-    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError too
-        raise ValueError(
-            f"{file_path} is not a saved BaNEL posterior ({error}). Restore it from a backup. In a run's output_dir, "
-            "deleting it makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); "
-            "or start a new run in another output_dir."
-        ) from None
-    return config
-
-
-def read_regions(path: str) -> list[RejectionRegion]:
-    """The regions listed in a saved posterior folder (whose adapters are complete: the list is written last)."""
-    regions = []
-    for number, region in enumerate(read_posterior_config(path)["regions"]):
-        try:
-            regions.append(RejectionRegion(**region))
-        except TypeError as error:
-            raise ValueError(
-                f"Region {number} of {os.path.join(path, POSTERIOR_CONFIG_NAME)} is not a region ({error}): "
-                "restore the file from a backup, or delete it to fit the regions again from the ledger."
-            ) from None
-    return regions
-
-
-def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
-    """
-    The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name. A
-    missing or unreadable adapter is refused with its folder named.
-    """
-    regions = read_regions(path)
-    weights = []
-    for region in regions:
-        weights.append({})
-        for name in region.adapter_names:
-            folder = os.path.join(path, name)
-            try:
-                if not os.path.isdir(folder):
-                    raise FileNotFoundError("the folder is missing")
-                weights[-1][name] = load_peft_weights(folder, device="cpu")
-            except Exception as error:
-                raise ValueError(
-                    f"{folder}, the adapter of region {region.round} listed in "
-                    f"{os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read ({type(error).__name__}: "
-                    f"{error}). Restore it from a backup. In a run's output_dir, deleting {POSTERIOR_CONFIG_NAME} "
-                    "makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); or "
-                    "start a new run in another output_dir."
-                ) from None
-    return regions, weights
 
 
 def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
@@ -177,11 +107,14 @@ def completion_log_probs(
 
 class BanelPosterior:
     r"""
-    The BaNEL posterior `p(x) ∝ p_theta(x) · prod_k 1[x not in R_k]`, sampled exactly by rejection.
+    The BaNEL posterior `p(x) ∝ q(x) · prod_k 1[x not in R_k]`, sampled exactly by rejection.
 
-    `p_theta` is the base model with its adapters disabled; each region `R_k` is a LoRA adapter `p_phi_k` on the same
-    base, a reference (`p_theta`, or a LoRA adapter `p_ref_k`) and a threshold: `x` is rejected when
-    `log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY `k` (computed on the completion, given the prompt).
+    The proposal `q` is `p_theta`, the base model with its adapters disabled, or a LoRA adapter distilled from an
+    earlier posterior (`proposal_adapter`, see `BanelConfig.distill_posterior`). Each region `R_k` is a LoRA adapter
+    `p_phi_k` on the same base, a reference (`p_theta`, or a LoRA adapter `p_ref_k`) and a threshold: `x` is rejected
+    when `log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given the
+    prompt). The active regions are those fit on samples of the current proposal, or all with
+    `keep_distilled_regions`.
     Candidates are scored under the regions in order, and one rejected by a region is not scored under the later ones;
     likelihoods under several adapters share PEFT's mixed-adapter batches.
 
@@ -204,6 +137,10 @@ class BanelPosterior:
             Default sampling settings of [`~BanelPosterior.generate`]; defaults to the model's.
         disable_tqdm (`bool`, *optional*, defaults to `False`):
             Hide the progress bar of [`~BanelPosterior.generate`] (samples accepted, acceptance rate).
+        proposal_adapter (`str`, *optional*, defaults to `BASE_ADAPTER`):
+            The LoRA adapter that proposes candidates; `BASE_ADAPTER` is `p_theta`.
+        keep_distilled_regions (`bool`, *optional*, defaults to `False`):
+            Reject with every region, also those fit on samples of an earlier proposal.
     """
 
     def __init__(
@@ -216,6 +153,8 @@ class BanelPosterior:
         max_sampling_attempts: int = 10000,
         generation_config: GenerationConfig | None = None,
         disable_tqdm: bool = False,
+        proposal_adapter: str = BASE_ADAPTER,
+        keep_distilled_regions: bool = False,
     ):
         self.model = model
         self.regions = list(regions or [])
@@ -225,10 +164,26 @@ class BanelPosterior:
         self.max_sampling_attempts = max_sampling_attempts
         self.generation_config = generation_config or model.generation_config
         self.disable_tqdm = disable_tqdm
+        self.proposal_adapter = proposal_adapter
+        self.keep_distilled_regions = keep_distilled_regions
+
+    @property
+    def active_regions(self) -> list[RejectionRegion]:
+        """The regions that reject: those fit on samples of the current proposal, or all (`keep_distilled_regions`)."""
+        if self.keep_distilled_regions:
+            return self.regions
+        return [region for region in self.regions if region.proposal == self.proposal_adapter]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Every LoRA adapter of the posterior: the regions' and the proposal's."""
+        names = [name for region in self.regions for name in region.adapter_names] + [self.proposal_adapter]
+        return list(dict.fromkeys(name for name in names if name != BASE_ADAPTER))
 
     @property
     def thresholds(self) -> torch.Tensor:
-        return torch.tensor([region.threshold for region in self.regions], dtype=torch.float32)
+        """The active regions' thresholds."""
+        return torch.tensor([region.threshold for region in self.active_regions], dtype=torch.float32)
 
     def add_region(self, region: RejectionRegion) -> None:
         self.regions.append(region)
@@ -242,7 +197,7 @@ class BanelPosterior:
         completion_mask: torch.Tensor,
         regions: list[RejectionRegion] | None = None,
         stop_at_rejection: bool = False,
-        base_log_probs: torch.Tensor | None = None,
+        proposal_log_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         `log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the completion
@@ -253,18 +208,18 @@ class BanelPosterior:
             prompt_ids, prompt_mask, completion_ids, completion_mask (`torch.Tensor`):
                 Left-padded prompts and right-padded completions, `(N, P)` and `(N, C)`.
             regions (`list[RejectionRegion]`, *optional*):
-                The regions to score under; defaults to the posterior's.
+                The regions to score under; defaults to the posterior's active regions.
             stop_at_rejection (`bool`, *optional*, defaults to `False`):
                 Score the regions in order, in stages, and drop a candidate from later stages as soon as a region
                 rejects it (log-ratio above that region's threshold). Its entries for the regions it was not scored
                 under are NaN: an entry is NaN only if a region of lower index already rejected the candidate. The
                 decisions of [`~BanelPosterior.rejects`] are those of full scores, at the cost of the scores a
                 rejected candidate no longer needs.
-            base_log_probs (`torch.Tensor`, *optional*):
-                The candidates' sequence log-likelihoods under `p_theta`, `(N,)`, when they are known already (from
-                generation, see [`~BanelPosterior.propose`]); `p_theta` is then not scored again.
+            proposal_log_probs (`torch.Tensor`, *optional*):
+                The candidates' sequence log-likelihoods under the proposal, `(N,)`, when they are known already (from
+                generation, see [`~BanelPosterior.propose`]); the proposal is then not scored again.
         """
-        regions = self.regions if regions is None else regions
+        regions = self.active_regions if regions is None else regions
         num_samples, device = prompt_ids.size(0), prompt_ids.device
         ratios = torch.full((num_samples, len(regions)), float("nan"), device=device)
         if not regions:
@@ -273,6 +228,8 @@ class BanelPosterior:
         lengths = completion_mask.sum(dim=1).clamp(min=1).float()
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         alive = torch.arange(num_samples, device=device)
+        # Full-length log-likelihoods of the models scored once for all stages: the proposal (when known) and p_theta.
+        shared = {} if proposal_log_probs is None else {self.proposal_adapter: proposal_log_probs}
         start = 0
         was_training = self.model.training
         self.model.eval()  # dropout off; PEFT only mixes adapters in eval mode
@@ -282,13 +239,7 @@ class BanelPosterior:
                 # MIN_STAGE_ROWS rows: forwards that small cost their fixed overhead more than the rows they save.
                 size = math.ceil(MIN_STAGE_ROWS / len(alive)) if stop_at_rejection else len(regions)
                 stage = range(start, min(start + size, len(regions)))
-                names = list(dict.fromkeys(name for k in stage for name in regions[k].adapter_names))
-                if base_log_probs is None:
-                    log_probs = self._sequence_log_probs([BASE_ADAPTER] + names, alive, *inputs)
-                    base_log_probs, log_probs = log_probs[0], log_probs[1:]
-                else:
-                    log_probs = self._sequence_log_probs(names, alive, *inputs)
-                scored = {BASE_ADAPTER: base_log_probs[alive], **dict(zip(names, log_probs, strict=True))}
+                scored = self._stage_log_probs([regions[k] for k in stage], alive, shared, inputs)
                 stage_ratios = torch.stack(
                     [scored[regions[k].adapter_name] - scored[regions[k].reference_adapter] for k in stage], dim=1
                 )
@@ -301,6 +252,24 @@ class BanelPosterior:
         finally:
             self.model.train(was_training)
         return ratios
+
+    def _stage_log_probs(
+        self, regions: list[RejectionRegion], alive: torch.Tensor, shared: dict[str, torch.Tensor], inputs: tuple
+    ) -> dict[str, torch.Tensor]:
+        """
+        The log-likelihoods of the candidates `alive` under every model the `regions` compare, by adapter name.
+        `p_theta` (when a region refers to it) and the models in `shared` are scored once, on the first stage that
+        needs them (every candidate is alive then), and kept in `shared` for the later stages.
+        """
+        names = [name for region in regions for name in (region.adapter_name, region.reference_adapter)]
+        needs_base = BASE_ADAPTER in names and BASE_ADAPTER not in shared
+        names = [BASE_ADAPTER] * needs_base + [
+            n for n in dict.fromkeys(names) if n not in shared and n != BASE_ADAPTER
+        ]
+        log_probs = dict(zip(names, self._sequence_log_probs(names, alive, *inputs), strict=True)) if names else {}
+        if needs_base:
+            shared[BASE_ADAPTER] = log_probs.pop(BASE_ADAPTER)
+        return {**{name: values[alive] for name, values in shared.items()}, **log_probs}
 
     def _sequence_log_probs(
         self,
@@ -374,11 +343,13 @@ class BanelPosterior:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: GenerationConfig
     ) -> Proposal:
         """
-        Sample one completion per row from `p_theta` and decide, for each, whether the posterior accepts it.
+        Sample one completion per row from the proposal (`p_theta`, or the distilled `proposal_adapter`) and decide,
+        for each, whether the posterior accepts it.
 
-        Generation computes `p_theta`'s logits at every step already. For a float32 model whose logits fit in
+        Generation computes the proposal's logits at every step already. For a float32 model whose logits fit in
         `MAX_GENERATION_LOGITS` (short completions, small vocabularies), the raw logits, before any logits processor
-        or warper, are kept and give the candidates' `log p_theta`, and scoring skips its `p_theta` forward pass.
+        or warper, are kept and give the candidates' log-likelihood under the proposal, and scoring skips that
+        forward pass.
         They come from the KV-cached decoding path, which in float32 differs from the scoring pass by float rounding
         (at most 8e-6 nats on 4,096 addition-attack candidates); in half precision the two paths differ far more, so
         such models are always scored afresh.
@@ -387,14 +358,16 @@ class BanelPosterior:
         max_new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
         num_logits = input_ids.size(0) * max_new_tokens * output_embeddings.size(0)
         keep_logits = (
-            bool(self.regions) and output_embeddings.dtype == torch.float32 and (num_logits <= MAX_GENERATION_LOGITS)
+            bool(self.active_regions)
+            and output_embeddings.dtype == torch.float32
+            and (num_logits <= MAX_GENERATION_LOGITS)
         )
         config = copy.deepcopy(generation_config)
         config.output_logits, config.return_dict_in_generate = keep_logits, True
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.model.disable_adapter():
+            with self._only_adapter(self.proposal_adapter):
                 output = self.model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, generation_config=config
                 )
@@ -404,11 +377,11 @@ class BanelPosterior:
         eos = generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         completion_mask = completion_mask_from_ids(completion_ids, eos)
-        base_log_probs = None
+        proposal_log_probs = None
         if keep_logits:
             # One generation step at a time, as a single row for TRL's row loop (see `completion_log_probs`).
             steps = zip(output.logits, completion_ids.T, completion_mask.T, strict=True)
-            base_log_probs = sum(
+            proposal_log_probs = sum(
                 selective_log_softmax(logits[None], ids[None], self.temperature)[0] * mask
                 for logits, ids, mask in steps
             ).float()
@@ -418,7 +391,7 @@ class BanelPosterior:
             completion_ids,
             completion_mask,
             stop_at_rejection=True,
-            base_log_probs=base_log_probs,
+            proposal_log_probs=proposal_log_probs,
         )
         return Proposal(
             input_ids, attention_mask, completion_ids, completion_mask, log_ratios, ~self.rejects(log_ratios)
@@ -466,7 +439,8 @@ class BanelPosterior:
                     f"The posterior accepted {accepted} of {proposed} candidates (acceptance rate "
                     f"{accepted / proposed:.2e}, below 1 in `max_sampling_attempts`={max_attempts} or out of its "
                     f"{max_attempts} attempts per sample) and {len(pending)} requested samples are still missing. "
-                    f"Its {len(self.regions)} regions reject almost all of p_theta: raise `max_sampling_attempts`, "
+                    f"Its {len(self.active_regions)} regions reject almost all of the proposal: raise "
+                    "`max_sampling_attempts`, "
                     "or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
                 )
             # Oversample each pending row by the inverse of the acceptance seen so far, within the batch limit.
@@ -502,13 +476,12 @@ class BanelPosterior:
                 those lines.
         """
         os.makedirs(save_directory, exist_ok=True)
-        if self.regions:
+        if self.adapter_names:
             # Every save rewrites every region's adapter. Write them aside and move them into place file by file, so
             # that a crash mid-save leaves each file of a listed region whole (the old or the new copy, the same).
             staging = os.path.join(save_directory, ".banel_saving")
             shutil.rmtree(staging, ignore_errors=True)
-            adapters = [name for region in self.regions for name in region.adapter_names]
-            self.model.save_pretrained(staging, selected_adapters=adapters)
+            self.model.save_pretrained(staging, selected_adapters=self.adapter_names)
             for folder, _, files in os.walk(staging):
                 target = os.path.join(save_directory, os.path.relpath(folder, staging))
                 os.makedirs(target, exist_ok=True)
@@ -543,7 +516,9 @@ class BanelPosterior:
         if model is None or isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model or config["base_model_name_or_path"])
         regions = read_regions(pretrained_path)
-        for name in [name for region in regions for name in region.adapter_names]:
+        proposal = config.get("proposal_adapter", BASE_ADAPTER)
+        names = [name for region in regions for name in region.adapter_names] + [proposal] * (proposal != BASE_ADAPTER)
+        for name in dict.fromkeys(names):
             adapter_path = os.path.join(pretrained_path, name)
             try:
                 if not os.path.isdir(adapter_path):

@@ -10,7 +10,8 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from .data import NegativesCollator, tokenize_prompts
 from .ledger import LEDGER_NAME, RewardLedger
-from .posterior import POSTERIOR_CONFIG_NAME, BanelPosterior, read_posterior_config
+from .posterior import BanelPosterior
+from .regions import POSTERIOR_CONFIG_NAME, read_posterior_config
 
 
 REPORT_PLOT_NAME = "banel_report.png"
@@ -243,7 +244,8 @@ def failure_patterns(
                 for ids, r in zip(prompt_ids, chunk, strict=True)
             ]
         )
-        scores.append(posterior.log_ratios(**{key: value.to(device) for key, value in batch.items()}).cpu())
+        batch = {key: value.to(device) for key, value in batch.items()}
+        scores.append(posterior.log_ratios(**batch, regions=posterior.regions).cpu())
     scores = torch.cat(scores)
 
     def entry(i: int, k: int) -> dict:

@@ -4,7 +4,8 @@ import random
 
 import torch
 
-from .posterior import BanelPosterior, RejectionRegion
+from .posterior import BanelPosterior
+from .regions import RejectionRegion
 
 
 def hold_out_calibration(negatives: list[dict], k: int, fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

@@ -26,7 +26,7 @@ from transformers.trainer_utils import TrainOutput
 from trl.data_utils import is_conversational
 
 from .callbacks import BanelCallback
-from .collect import RoundCollector
+from .collect import RoundCollector, negative_examples, region_has_evidence, round_metrics
 from .config import BanelConfig
 from .data import NegativesCollator, check_dataset
 from .distributed import on_main_process
@@ -38,11 +38,14 @@ from .models import (
     default_peft_config,
     load_proposal,
     load_tokenizer,
+    proposal_adapter_name,
     reference_adapter_name,
     refuse_grpo_generation_hooks,
     region_adapter_name,
+    save_adapter_as_model,
 )
-from .posterior import BASE_ADAPTER, BanelPosterior, RejectionRegion, completion_log_probs
+from .posterior import BanelPosterior, completion_log_probs
+from .regions import BASE_ADAPTER, RejectionRegion, read_proposal_weights
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
 from .sampling import CandidateSampler, generation_config
 from .thresholds import calibrated_threshold, hold_out_calibration
@@ -51,6 +54,7 @@ from .thresholds import calibrated_threshold, hold_out_calibration
 logger = logging.getLogger(__name__)
 
 REFERENCE_SEED_OFFSET = 1_000_003  # reference samples of round k come from their own stream, not round k's
+DISTILLATION_SEED_OFFSET = 2_000_003  # and so do the samples round k's posterior is distilled from
 
 
 class BanelTrainer(Trainer):
@@ -211,7 +215,7 @@ class BanelTrainer(Trainer):
             generation_config=self.generation_config,
             disable_tqdm=args.disable_tqdm,
         )
-        # Each round restarts its prompt stream from the round's seed: see `_seed_round`.
+        # Each round restarts its prompt stream from the round's seed: see `_seed_stream`.
         self.sampler = CandidateSampler(
             self.posterior,
             processing_class,
@@ -259,9 +263,12 @@ class BanelTrainer(Trainer):
             manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
             folder = open_run_folder(self.args.output_dir, manifest, force, load_weights=not self.posterior.regions)
             self.ledger = folder.ledger
-            return self.ledger.lines, folder.regions, folder.weights, folder.log_history
+            proposal = (
+                read_proposal_weights(self.args.output_dir) if folder.regions and not self.posterior.regions else None
+            )
+            return self.ledger.lines, folder.regions, folder.weights, folder.log_history, proposal
 
-        lines, regions, weights, log_history = on_main_process(self.accelerator, read_output_dir)
+        lines, regions, weights, log_history, proposal = on_main_process(self.accelerator, read_output_dir)
         if not self.accelerator.is_main_process:
             self.ledger = RewardLedger.replica(lines)
         self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
@@ -272,6 +279,10 @@ class BanelTrainer(Trainer):
                 self._ensure_adapter(name)
                 set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
             self.posterior.add_region(region)
+        if proposal is not None:  # the proposal distilled after the last saved round (a new process)
+            self._ensure_adapter(proposal[0])
+            set_peft_model_state_dict(self.model, proposal[1], adapter_name=proposal[0])
+            self.posterior.proposal_adapter = proposal[0]
         if len(self.ledger) or regions:
             logger.warning(
                 f"Resuming run in {self.args.output_dir}: {len(self.ledger)} paid evaluations, "
@@ -306,15 +317,17 @@ class BanelTrainer(Trainer):
                     break  # the budget is spent and every round that sampled is done
                 self._round = k
                 stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
-                negatives = self._negative_examples(k)  # 3: failures only; successes are never trained on
+                negatives = negative_examples(self.ledger, self.sampler, k, args.negative_samples)  # 3: failures only
                 if len(negatives) < 2:
                     logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
                     break
                 region, fit_loss = None, None
-                if self._region_has_evidence(k):
+                if region_has_evidence(self.ledger, k, args):
                     region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
                     self.posterior.add_region(region)
                     fit_losses.append(fit_loss)
+                    if args.distill_posterior:
+                        self._distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
                     if args.should_save:
                         self._save_posterior()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
@@ -332,14 +345,11 @@ class BanelTrainer(Trainer):
         metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
         return TrainOutput(self._fit_steps_before_round, mean_loss, metrics)
 
-    def _seed_round(self, k: int) -> None:
-        """
-        Seed round `k` (its sampling, and again its fit) from `args.seed` and `k` alone, so that a resumed run draws
-        what the uninterrupted run would have.
-        """
-        self._seed_stream(self.args.seed + k)
-
     def _seed_stream(self, seed: int) -> None:
+        """
+        Seed torch and the prompt stream: round `k` (its sampling, and again its fit) from `args.seed + k` alone, so
+        that a resumed run draws what the uninterrupted run would have; its side samples from offsets of it.
+        """
         set_seed(seed, deterministic=self.args.full_determinism)
         self.sampler.restart(self.train_dataset, seed)
 
@@ -348,7 +358,7 @@ class BanelTrainer(Trainer):
 
         def collect():
             num_lines = len(self.ledger.lines)
-            self._seed_round(k)
+            self._seed_stream(self.args.seed + k)
             stats = RoundCollector(self.sampler, self.ledger, self.rewards, self.args).collect(k, self.state)
             return stats, self.ledger.lines[num_lines:]
 
@@ -357,39 +367,6 @@ class BanelTrainer(Trainer):
             self.ledger.extend(lines)
         return stats
 
-    def _negative_examples(self, k: int) -> list[dict]:
-        """The failures the negative model of round `k` is fit on; successes are excluded by construction."""
-        rounds = [k] if self.args.negative_samples == "round" else range(k + 1)
-        return [
-            {
-                "prompt_ids": self.sampler.prompt_ids(r["prompt"]),
-                "completion_ids": r["completion_ids"],
-                "round": round_index,
-            }
-            for round_index in rounds
-            for r in self.ledger.samples_of_round(round_index)
-            if not r["success"]
-        ]
-
-    def _region_has_evidence(self, k: int) -> bool:
-        """
-        Whether round `k` found enough successes for a region scored against a reference fit on the same posterior,
-        the successes being all that tells its failures from the reference's samples (`reference_min_successes`).
-        """
-        args = self.args
-        if args.reference_model != "posterior" or k == 0:
-            return True
-        num_successes = sum(r["success"] for r in self.ledger.paid_in_round(k))
-        if num_successes >= args.reference_min_successes:
-            return True
-        logger.warning(
-            f"Round {k} adds no region: it found {num_successes} success(es), fewer than `reference_min_successes`="
-            f"{args.reference_min_successes}, and they are all that would tell its failures from the reference's "
-            "samples, so the region would be fitting noise. Its evaluations stay in the ledger; the posterior is "
-            "unchanged."
-        )
-        return False
-
     def _fit_region(self, k: int, negatives: list[dict]) -> tuple[RejectionRegion, float]:
         """
         Fit a new LoRA `p_phi_k` on `negatives` by maximum likelihood with the Trainer, and with
@@ -397,15 +374,17 @@ class BanelTrainer(Trainer):
         posterior; then set the region's threshold.
         """
         args = self.args
-        self._seed_round(k)  # the adapters' initialisation and fits do not depend on how the round was sampled
+        self._seed_stream(args.seed + k)  # the fits do not depend on how the round was sampled
         calibration = []
         if args.threshold_type == "calibrated":
             negatives, calibration = hold_out_calibration(negatives, k, args.calibration_fraction, args.seed + k)
-        name = region_adapter_name(k)
+        name, proposal = region_adapter_name(k), self.posterior.proposal_adapter
         warm_start = region_adapter_name(k - 1) if args.warm_start_negative_model and k > 0 else None
+        if proposal != BASE_ADAPTER:
+            warm_start = proposal  # Algorithm 2: p_phi_k starts from the distilled proposal that drew its negatives
         loss = self._fit_adapter(name, negatives, warm_start)
-        reference = BASE_ADAPTER  # round 0's negatives are samples of p_theta itself
-        if args.reference_model == "posterior" and k > 0:
+        reference = proposal  # the negatives are samples of the proposal, cut by its regions (none once distilled)
+        if args.reference_model == "posterior" and k > 0 and not args.distill_posterior:
             # The negatives are samples of the posterior, which a LoRA cannot represent exactly: fit against p_theta,
             # p_phi_k would learn the posterior's own shape and reject where the earlier regions kept the successes.
             # A reference fit the same way on unlabeled samples of that posterior learns the same shape, so the
@@ -416,13 +395,22 @@ class BanelTrainer(Trainer):
                 set_seed(args.seed + k, deterministic=args.full_determinism)
                 self._fit_adapter(reference, examples)
 
-        region = RejectionRegion(name, math.log(args.filter_factor), k, reference)
+        region = RejectionRegion(name, math.log(args.filter_factor), k, reference, proposal)
         if args.threshold_type == "calibrated":
-            region.threshold = on_main_process(self.accelerator, self._calibrated_threshold, region, calibration)
+            rate = args.first_region_rejection_rate if k == 0 else args.target_rejection_rate
+            batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
+            region.threshold = on_main_process(
+                self.accelerator, calibrated_threshold, self.posterior, region, batch, rate
+            )
         return region, loss
 
-    def _fit_adapter(self, name: str, examples: list[dict], warm_start: str | None = None) -> float:
-        """Fit the LoRA adapter `name` (new, or a copy of `warm_start`) on `examples` with `Trainer.train`."""
+    def _fit_adapter(
+        self, name: str, examples: list[dict], warm_start: str | None = None, epochs: float | None = None
+    ) -> float:
+        """
+        Fit the LoRA adapter `name` (new, or a copy of `warm_start`) on `examples` with `Trainer.train`, for `epochs`
+        (`num_train_epochs` when `None`).
+        """
         if name in self.model.peft_config and all(name not in r.adapter_names for r in self.posterior.regions):
             self.model.delete_adapter(name)  # initialised afresh: a fit that raised may have left it half-trained
         self._ensure_adapter(name)
@@ -433,47 +421,66 @@ class BanelTrainer(Trainer):
         self._fit_examples = examples
         self.optimizer, self.lr_scheduler = None, None  # new parameters every fit: new optimizer
         self.model_wrapped = self.model  # re-wrap so distributed wrappers see this fit's trainable parameters
-        history = self.state.log_history
+        history, num_train_epochs = self.state.log_history, self.args.num_train_epochs
+        self.args.num_train_epochs = epochs or num_train_epochs
         try:
             output = super().train()
         except BaseException:
             self.state.log_history = history  # without the failed fit's: a retry fits again
             raise
+        finally:
+            self.args.num_train_epochs = num_train_epochs
         self.state.log_history = history + self.state.log_history
         self._fit_steps_before_round += self.state.global_step
         return output.training_loss
 
     def _reference_examples(self, k: int, num_examples: int) -> list[dict]:
         """
-        `num_examples` fresh samples of the posterior before region `k`, never evaluated (they cost no NRE), drawn on
-        the main process from their own seed. A sample the ledger knows to be a success is left out, so no known
-        success is trained on.
+        `num_examples` fresh samples of the posterior before region `k`, never evaluated (no NRE), from their own seed.
+        A sample the ledger knows to be a success is left out, so no known success is trained on.
         """
-
-        def is_known_success(example: dict, completion: str) -> bool:
-            return self.ledger.is_known_success(example["prompt"], completion)
-
-        def sample():
-            self._seed_stream(self.args.seed + k + REFERENCE_SEED_OFFSET)
-            args = self.args
-            return self.sampler.sample_accepted(
-                num_examples, args.max_sampling_attempts, exclude=is_known_success, disable_tqdm=args.disable_tqdm
-            )
-
-        examples = on_main_process(self.accelerator, sample)
+        examples = self._posterior_samples(k + REFERENCE_SEED_OFFSET, num_examples, exclude_known_successes=True)
         if len(examples) < num_examples:
             outcome = "the reference model is fit on those" if examples else f"region {k} is compared with p_theta"
             logger.warning(
                 f"Round {k}: only {len(examples)} of {num_examples} reference samples were accepted within "
                 f"{self.args.max_sampling_attempts} proposals each; {outcome}."
             )
-        return [{"prompt_ids": self.sampler.prompt_ids(prompt), "completion_ids": ids} for prompt, ids in examples]
+        return examples
 
-    def _calibrated_threshold(self, region: RejectionRegion, calibration: list[dict]) -> float:
-        batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
+    def _distil(self, k: int) -> None:
+        """
+        The paper's Algorithm 2: fit the proposal of round `k + 1` by maximum likelihood on `distillation_samples`
+        fresh samples of the posterior after region `k` (never evaluated: no NRE, and no reward is consulted), and
+        sample from it from now on; the regions fit on the earlier proposal stop rejecting (`keep_distilled_regions`).
+        """
         args = self.args
-        rejection_rate = args.first_region_rejection_rate if region.round == 0 else args.target_rejection_rate
-        return calibrated_threshold(self.posterior, region, batch, rejection_rate)
+        examples = self._posterior_samples(k + DISTILLATION_SEED_OFFSET, args.distillation_samples)
+        if len(examples) < 2:
+            raise RuntimeError(
+                f"Round {k}: the posterior accepted {len(examples)} samples to distil within {args.max_sampling_attempts} "
+                "proposals each: lower `target_rejection_rate` or raise `max_sampling_attempts`."
+            )
+        name, previous = proposal_adapter_name(k + 1), self.posterior.proposal_adapter
+        warm_start = previous if args.distillation_warm_start and previous != BASE_ADAPTER else None
+        set_seed(args.seed + k + DISTILLATION_SEED_OFFSET, deterministic=args.full_determinism)
+        self._fit_adapter(name, examples, warm_start, epochs=args.distillation_epochs)
+        self.posterior.proposal_adapter = name
+
+    def _posterior_samples(self, seed: int, num_samples: int, exclude_known_successes: bool = False) -> list[dict]:
+        """Up to `num_samples` unevaluated samples of the posterior from `args.seed + seed`, on the main process."""
+
+        def is_known_success(example: dict, completion: str) -> bool:
+            return self.ledger.is_known_success(example["prompt"], completion)
+
+        def sample():
+            self._seed_stream(self.args.seed + seed)
+            exclude = is_known_success if exclude_known_successes else None
+            attempts, disable_tqdm = self.args.max_sampling_attempts, self.args.disable_tqdm
+            return self.sampler.sample_accepted(num_samples, attempts, exclude=exclude, disable_tqdm=disable_tqdm)
+
+        samples = on_main_process(self.accelerator, sample)
+        return [{"prompt_ids": self.sampler.prompt_ids(prompt), "completion_ids": ids} for prompt, ids in samples]
 
     # ------------------------------------------------------------------ Trainer hooks
 
@@ -506,26 +513,15 @@ class BanelTrainer(Trainer):
     def _log_round(
         self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
     ) -> None:
-        this_round = self.ledger.paid_in_round(k)
-        metrics = {
-            "round": k,
-            "nre/used": self.num_reward_evaluations,
-            "nre/left": self.args.max_reward_evaluations - self.num_reward_evaluations,
-            "successes/total": len(self.successes),
-            "successes/round": sum(r["success"] for r in this_round),
-            "success_rate": sum(r["success"] for r in this_round) / max(len(this_round), 1),
-            "acceptance_rate": stats["accepted"] / max(stats["proposed"], 1),
-            "repeats": stats["repeats"],
-            "regions": len(self.posterior.regions),
-            "negatives": num_negatives,
-            # A round that added no region has no fit to report.
-            **({} if region is None else {"negative_loss": fit_loss, "threshold": region.threshold}),
-        }
+        metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, len(self.posterior.regions))
+        metrics["negatives"] = num_negatives
+        if region is not None:  # a round that added no region has no fit to report
+            metrics.update(negative_loss=fit_loss, threshold=region.threshold)
         self.log(metrics)
         if self.args.should_save:  # the per-round figures `banel-trl report` plots, next to the ledger
             self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
         if self.args.log_completions:
-            for r in this_round[: self.args.num_completions_to_print]:
+            for r in self.ledger.paid_in_round(k)[: self.args.num_completions_to_print]:
                 logger.info(
                     f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}"
                 )
@@ -551,11 +547,17 @@ class BanelTrainer(Trainer):
         return metrics
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the posterior (every region's adapter and the thresholds) and the tokenizer."""
+        """
+        Save the posterior (every region's adapter and the thresholds) and the tokenizer. With `distill_posterior`,
+        the last distilled proposal is also saved at the top of the folder as a plain PEFT adapter, which
+        `AutoPeftModelForCausalLM.from_pretrained(output_dir)` loads and samples without banel_trl.
+        """
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             self._save_posterior(output_dir)
             self.processing_class.save_pretrained(output_dir)
+            if self.posterior.proposal_adapter != BASE_ADAPTER:
+                save_adapter_as_model(self.model, self.posterior.proposal_adapter, output_dir)
 
     def _save_posterior(self, output_dir: str | None = None) -> None:
         """Save the posterior, recording the ledger its regions were fit on (checked when the run resumes)."""

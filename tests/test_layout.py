@@ -21,6 +21,7 @@ LAYERS = {
     "report": 2,
     "tasks": 2,
     "posterior": 1,
+    "regions": 1,
     "ledger": 1,
     "manifest": 1,
     "rewards": 1,

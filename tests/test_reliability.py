@@ -19,7 +19,8 @@ from transformers import TrainerCallback
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, RewardLedger, sample_key
-from banel_trl.posterior import POSTERIOR_CONFIG_NAME, PosteriorAcceptanceError
+from banel_trl.posterior import PosteriorAcceptanceError
+from banel_trl.regions import POSTERIOR_CONFIG_NAME
 from banel_trl.rewards import RewardFunctionError
 from banel_trl.testing import char_tokenizer, starts_with_b, tiny_qwen2
 

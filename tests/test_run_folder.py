@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 
 from banel_trl import BanelPosterior, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, RewardLedger, sample_key
-from banel_trl.posterior import POSTERIOR_CONFIG_NAME, read_regions
+from banel_trl.regions import POSTERIOR_CONFIG_NAME, read_regions
 from banel_trl.report import read_run
 from banel_trl.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, character_tokenizer, starts_with_b
 

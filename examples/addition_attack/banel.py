@@ -80,11 +80,24 @@ def run_banel(
     evaluation = posterior_success_rate(
         trainer.posterior, tokenizer, reward, trainer.generation_config, eval_samples, eval_max_proposals, seed + 1000
     )
+    exact = {}
+    if config.distill_posterior:
+        # The exact posterior the final generator was distilled from: the last round's proposal, cut by its region
+        # (a sixth of the samples: it rejects most proposals).
+        distilled = trainer.posterior.proposal_adapter
+        trainer.posterior.proposal_adapter = trainer.posterior.regions[-1].proposal
+        exact = posterior_success_rate(
+            trainer.posterior, tokenizer, reward, trainer.generation_config, eval_samples // 6,
+            eval_max_proposals, seed + 2000,
+        )  # fmt: skip
+        trainer.posterior.proposal_adapter = distilled
+        exact = {"exact_posterior": {key: value for key, value in exact.items() if key != "queries"}}
     successes = [record["completion"] for record in trainer.successes]
     return {
         "method": "banel",
         "seed": seed,
         **evaluation,
+        **exact,
         "nre": trainer.num_reward_evaluations,
         "training_successes": successes,
         "rounds": probe.rounds,

@@ -114,14 +114,17 @@ def encode_queries(tokenizer, queries: list[str]) -> dict:
 def region_discrimination(posterior, pool_batches: dict) -> dict:
     """
     How the newest region acts on the posterior before it: on the pool's samples that every earlier region accepts,
-    the AUC of its log-ratio between failures and successes, and the share of each it rejects.
+    the AUC of its log-ratio between failures and successes, and the share of each it rejects. A region fit on a
+    distilled proposal acts on that proposal alone (the earlier regions are distilled into it): it is measured on the
+    whole pool of pretrained samples.
     """
     region = posterior.regions[-1]
+    earlier = [] if region.proposal != "__base__" else posterior.regions[:-1]
     scores, survivors = {}, {}
     for kind, batch in pool_batches.items():
-        ratios = posterior.log_ratios(**batch, regions=posterior.regions)
-        thresholds = posterior.thresholds.to(ratios.device)
-        survivors[kind] = ~(ratios[:, :-1] > thresholds[:-1]).any(dim=1)
+        ratios = posterior.log_ratios(**batch, regions=[*earlier, region])
+        thresholds = torch.tensor([r.threshold for r in earlier], device=ratios.device)
+        survivors[kind] = ~(ratios[:, :-1] > thresholds).any(dim=1)
         scores[kind] = ratios[survivors[kind], -1]
     return {
         "pool_successes_left": int(survivors["successes"].sum()),

@@ -1,0 +1,110 @@
+"""Rejection regions and their saved form: the region, and reading a saved posterior's regions and adapters."""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from peft import load_peft_weights
+
+
+POSTERIOR_CONFIG_NAME = "banel_posterior.json"
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
+
+
+@dataclass
+class RejectionRegion:
+    """
+    `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold}`. `p_phi_k` is the LoRA adapter `adapter_name`, the
+    negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
+    a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). `proposal` is the
+    model whose samples the region was fit on: `p_theta`, or a distilled proposal (see `BanelConfig.distill_posterior`).
+    """
+
+    adapter_name: str
+    threshold: float
+    round: int
+    reference_adapter: str = BASE_ADAPTER
+    proposal: str = BASE_ADAPTER
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters the region is made of (with the distilled proposal it acts on)."""
+        names = [self.adapter_name, self.reference_adapter, self.proposal]
+        return list(dict.fromkeys(name for name in names if name != BASE_ADAPTER))
+
+
+def read_posterior_config(path: str) -> dict:
+    """The settings and regions of the posterior saved in `path` (`banel_posterior.json`), checked to be one."""
+    file_path = os.path.join(path, POSTERIOR_CONFIG_NAME)
+    with open(file_path, "rb") as file:
+        data = file.read()
+    try:
+        config = json.loads(data)
+        if not isinstance(config, dict) or not isinstance(config.get("regions"), list):
+            raise ValueError("it does not list regions")
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError too
+        raise ValueError(
+            f"{file_path} is not a saved BaNEL posterior ({error}). Restore it from a backup. In a run's output_dir, "
+            "deleting it makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); "
+            "or start a new run in another output_dir."
+        ) from None
+    return config
+
+
+def read_regions(path: str) -> list[RejectionRegion]:
+    """The regions listed in a saved posterior folder (whose adapters are complete: the list is written last)."""
+    regions = []
+    for number, region in enumerate(read_posterior_config(path)["regions"]):
+        try:
+            regions.append(RejectionRegion(**region))
+        except TypeError as error:
+            raise ValueError(
+                f"Region {number} of {os.path.join(path, POSTERIOR_CONFIG_NAME)} is not a region ({error}): "
+                "restore the file from a backup, or delete it to fit the regions again from the ledger."
+            ) from None
+    return regions
+
+
+def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
+    """
+    The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name. A
+    missing or unreadable adapter is refused with its folder named.
+    """
+    regions = read_regions(path)
+    weights = []
+    for region in regions:
+        weights.append({})
+        for name in region.adapter_names:
+            folder = os.path.join(path, name)
+            try:
+                if not os.path.isdir(folder):
+                    raise FileNotFoundError("the folder is missing")
+                weights[-1][name] = load_peft_weights(folder, device="cpu")
+            except Exception as error:
+                raise ValueError(
+                    f"{folder}, the adapter of region {region.round} listed in "
+                    f"{os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read ({type(error).__name__}: "
+                    f"{error}). Restore it from a backup. In a run's output_dir, deleting {POSTERIOR_CONFIG_NAME} "
+                    "makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); or "
+                    "start a new run in another output_dir."
+                ) from None
+    return regions, weights
+
+
+def read_proposal_weights(path: str) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """
+    The distilled proposal a saved posterior samples from (`proposal_adapter`) and its adapter's weights on the CPU, or
+    None when it samples `p_theta`.
+    """
+    name = read_posterior_config(path).get("proposal_adapter", BASE_ADAPTER)
+    if name == BASE_ADAPTER:
+        return None
+    folder = os.path.join(path, name)
+    try:
+        return name, load_peft_weights(folder, device="cpu")
+    except Exception as error:
+        raise ValueError(
+            f"{folder}, the proposal adapter listed in {os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read "
+            f"({type(error).__name__}: {error}). Restore it from a backup, or start a new run in another output_dir."
+        ) from None
