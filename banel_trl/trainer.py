@@ -214,6 +214,7 @@ class BanelTrainer(Trainer):
             max_sampling_attempts=args.max_sampling_attempts,
             generation_config=self.generation_config,
             disable_tqdm=args.disable_tqdm,
+            keep_distilled_regions=args.keep_distilled_regions,
         )
         # Each round restarts its prompt stream from the round's seed: see `_seed_stream`.
         self.sampler = CandidateSampler(
@@ -485,7 +486,7 @@ class BanelTrainer(Trainer):
     # ------------------------------------------------------------------ Trainer hooks
 
     def get_train_dataloader(self):
-        """The current round's negatives: what `Trainer.train` fits the active adapter on."""
+        """What `Trainer.train` fits the active adapter on: a round's negatives, or samples of a posterior."""
         return self._get_dataloader(
             dataset=self._fit_examples,
             description="Negatives",
@@ -495,14 +496,13 @@ class BanelTrainer(Trainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Negative log-likelihood per completion token of the failures, under the active adapter."""
-        token_log_probs = completion_log_probs(model, **inputs, temperature=self.args.temperature)
-        loss = -token_log_probs.sum() / inputs["completion_mask"].sum().clamp(min=1)
+        """Negative log-likelihood per completion token of the fit's examples, under the active adapter."""
+        loss = -completion_log_probs(model, **inputs, temperature=self.args.temperature).sum()
+        loss = loss / inputs["completion_mask"].sum().clamp(min=1)
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Each round's fit is its own Trainer.train() call with steps from 0: offset them so that every logger sees
-        # one increasing step axis over the whole run.
+        # Each fit is its own Trainer.train() call with steps from 0: offset them, one increasing step axis per run.
         step = self.state.global_step
         self.state.global_step = step + self._fit_steps_before_round
         try:
