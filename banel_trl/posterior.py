@@ -1,4 +1,4 @@
-"""The BaNEL posterior: the proposal p_theta restricted to the complement of every rejection region."""
+"""The BaNEL posterior: a proposal (p_theta, or a distilled LoRA) restricted to the complement of its rejection regions."""
 
 import copy
 import json
