@@ -196,8 +196,9 @@ class BanelConfig(TrainingArguments):
             instead of multiplying down, and the run ends with one generator, a plain PEFT adapter (saved at the top
             of `output_dir` by `save_model`). Regions already distilled into the proposal stop rejecting unless
             `keep_distilled_regions`.
-        distillation_samples (`int`, *optional*):
-            Unevaluated posterior samples each distillation is fit on. Defaults to `2 * samples_per_round`.
+        distillation_samples (`int`, *optional*, defaults to `6000`):
+            Unevaluated posterior samples each distillation is fit on (generations only, no NRE). Too few blur away the
+            successes of a posterior that holds few of them (docs/results/addition_attack.md).
         distillation_epochs (`float`, *optional*):
             Epochs of each distillation fit. Defaults to `num_train_epochs`.
         distillation_warm_start (`bool`, *optional*, defaults to `True`):
@@ -413,10 +414,11 @@ class BanelConfig(TrainingArguments):
             "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter."
         },
     )
-    distillation_samples: int | None = field(
-        default=None,
+    distillation_samples: int = field(
+        default=6000,
         metadata={
-            "help": "Unevaluated posterior samples each distillation is fit on. Defaults to 2 * samples_per_round."
+            "help": "Unevaluated posterior samples each distillation is fit on (no NRE). Too few blur away the "
+            "successes of a posterior that holds few of them."
         },
     )
     distillation_epochs: float | None = field(
@@ -502,8 +504,6 @@ class BanelConfig(TrainingArguments):
 
     def _check_distillation(self) -> None:
         """Fill in and check the distillation settings (see `distill_posterior`)."""
-        if self.distillation_samples is None:
-            self.distillation_samples = 2 * self.samples_per_round
         if self.distillation_epochs is None:
             self.distillation_epochs = self.num_train_epochs
         if self.distillation_samples < 2:

@@ -26,6 +26,7 @@ def distilled_config(make_config, **overrides):
         samples_per_round=100,
         num_train_epochs=3,
         distill_posterior=True,
+        distillation_samples=200,
         first_region_rejection_rate=0.9,
         target_rejection_rate=0.5,
         max_sampling_attempts=200,
