@@ -152,7 +152,7 @@ class RoundCollector:
         """
         records = [self._record(k, example, completion_ids) for example, completion_ids in candidates]
         examples = [example for example, _ in candidates]
-        completion_ids = [list(ids) for _, ids in candidates]
+        completion_ids = [ids for _, ids in candidates]
         try:
             rows = dict(enumerate(self.rewards(examples, completion_ids, trainer_state)))
         except RewardFunctionError as error:

@@ -12,7 +12,14 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .ledger import LEDGER_NAME, RewardLedger
-from .regions import POSTERIOR_CONFIG_NAME, RejectionRegion, read_posterior_config, read_region_weights, read_regions
+from .regions import (
+    POSTERIOR_CONFIG_NAME,
+    RejectionRegion,
+    read_posterior_config,
+    read_proposal_weights,
+    read_region_weights,
+    read_regions,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -168,6 +175,7 @@ class RunFolder:
     ledger: RewardLedger
     regions: list[RejectionRegion] = field(default_factory=list)
     weights: list[dict] = field(default_factory=list)  # the regions' adapters' weights, when asked for
+    proposal: tuple[str, dict] | None = None  # the distilled proposal's name and weights, when asked for
     log_history: list[dict] = field(default_factory=list)  # `trainer_state.json`'s, for the rounds before the next
 
 
@@ -193,7 +201,9 @@ def open_run_folder(output_dir: str, manifest: dict, force: bool = False, load_w
         saved = os.path.exists(os.path.join(output_dir, POSTERIOR_CONFIG_NAME))
         regions = read_regions(output_dir) if saved else []
         _check(output_dir, recorded, manifest, ledger, regions, force)
-        folder = RunFolder(ledger, regions, read_region_weights(output_dir)[1] if regions and load_weights else [])
+        folder = RunFolder(ledger, regions)
+        if regions and load_weights:
+            folder.weights, folder.proposal = read_region_weights(output_dir)[1], read_proposal_weights(output_dir)
         if recorded is None or (force and recorded != manifest):
             _write_json(manifest_path, manifest)
         first_round = regions[-1].round + 1 if regions else 0

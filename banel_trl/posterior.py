@@ -15,7 +15,14 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
 
-from .regions import BASE_ADAPTER, POSTERIOR_CONFIG_NAME, RejectionRegion, read_posterior_config, read_regions
+from .regions import (
+    BASE_ADAPTER,
+    POSTERIOR_CONFIG_NAME,
+    RejectionRegion,
+    read_posterior_config,
+    read_regions,
+    saved_adapter_names,
+)
 
 
 LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_log_probs` (64 MiB in float32)
@@ -177,8 +184,7 @@ class BanelPosterior:
     @property
     def adapter_names(self) -> list[str]:
         """Every LoRA adapter of the posterior: the regions' and the proposal's."""
-        names = [name for region in self.regions for name in region.adapter_names] + [self.proposal_adapter]
-        return list(dict.fromkeys(name for name in names if name != BASE_ADAPTER))
+        return saved_adapter_names(self.regions, self.proposal_adapter)
 
     @property
     def thresholds(self) -> torch.Tensor:
@@ -440,8 +446,7 @@ class BanelPosterior:
                     f"{accepted / proposed:.2e}, below 1 in `max_sampling_attempts`={max_attempts} or out of its "
                     f"{max_attempts} attempts per sample) and {len(pending)} requested samples are still missing. "
                     f"Its {len(self.active_regions)} regions reject almost all of the proposal: raise "
-                    "`max_sampling_attempts`, "
-                    "or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
+                    "`max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
                 )
             # Oversample each pending row by the inverse of the acceptance seen so far, within the batch limit.
             acceptance = (accepted + 1) / (proposed + 1)
@@ -516,9 +521,7 @@ class BanelPosterior:
         if model is None or isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model or config["base_model_name_or_path"])
         regions = read_regions(pretrained_path)
-        proposal = config.get("proposal_adapter", BASE_ADAPTER)
-        names = [name for region in regions for name in region.adapter_names] + [proposal] * (proposal != BASE_ADAPTER)
-        for name in dict.fromkeys(names):
+        for name in saved_adapter_names(regions, config.get("proposal_adapter", BASE_ADAPTER)):
             adapter_path = os.path.join(pretrained_path, name)
             try:
                 if not os.path.isdir(adapter_path):

@@ -66,29 +66,41 @@ def read_regions(path: str) -> list[RejectionRegion]:
     return regions
 
 
+def saved_adapter_names(regions: list[RejectionRegion], proposal: str = BASE_ADAPTER) -> list[str]:
+    """Every LoRA adapter a posterior is made of, once each: its regions' and its proposal's (`p_theta` has none)."""
+    names = [name for region in regions for name in region.adapter_names] + [proposal]
+    return list(dict.fromkeys(name for name in names if name != BASE_ADAPTER))
+
+
+def _read_adapter_weights(path: str, name: str, what: str) -> dict[str, torch.Tensor]:
+    """The weights (on the CPU) of the adapter `name` saved in `path`; a missing or unreadable one is named."""
+    folder = os.path.join(path, name)
+    try:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError("the folder is missing")
+        return load_peft_weights(folder, device="cpu")
+    except Exception as error:
+        raise ValueError(
+            f"{folder}, {what} listed in {os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read "
+            f"({type(error).__name__}: {error}). Restore it from a backup. In a run's output_dir, deleting "
+            f"{POSTERIOR_CONFIG_NAME} makes `train()` fit the regions again from the ledger (no reward evaluation is "
+            "paid again); or start a new run in another output_dir."
+        ) from None
+
+
 def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
     """
     The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name. A
     missing or unreadable adapter is refused with its folder named.
     """
     regions = read_regions(path)
-    weights = []
-    for region in regions:
-        weights.append({})
-        for name in region.adapter_names:
-            folder = os.path.join(path, name)
-            try:
-                if not os.path.isdir(folder):
-                    raise FileNotFoundError("the folder is missing")
-                weights[-1][name] = load_peft_weights(folder, device="cpu")
-            except Exception as error:
-                raise ValueError(
-                    f"{folder}, the adapter of region {region.round} listed in "
-                    f"{os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read ({type(error).__name__}: "
-                    f"{error}). Restore it from a backup. In a run's output_dir, deleting {POSTERIOR_CONFIG_NAME} "
-                    "makes `train()` fit the regions again from the ledger (no reward evaluation is paid again); or "
-                    "start a new run in another output_dir."
-                ) from None
+    weights = [
+        {
+            name: _read_adapter_weights(path, name, f"the adapter of region {region.round}")
+            for name in region.adapter_names
+        }
+        for region in regions
+    ]
     return regions, weights
 
 
@@ -100,11 +112,4 @@ def read_proposal_weights(path: str) -> tuple[str, dict[str, torch.Tensor]] | No
     name = read_posterior_config(path).get("proposal_adapter", BASE_ADAPTER)
     if name == BASE_ADAPTER:
         return None
-    folder = os.path.join(path, name)
-    try:
-        return name, load_peft_weights(folder, device="cpu")
-    except Exception as error:
-        raise ValueError(
-            f"{folder}, the proposal adapter listed in {os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be read "
-            f"({type(error).__name__}: {error}). Restore it from a backup, or start a new run in another output_dir."
-        ) from None
+    return name, _read_adapter_weights(path, name, "the proposal adapter")

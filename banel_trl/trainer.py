@@ -45,7 +45,7 @@ from .models import (
     save_adapter_as_model,
 )
 from .posterior import BanelPosterior, completion_log_probs
-from .regions import BASE_ADAPTER, RejectionRegion, read_proposal_weights
+from .regions import BASE_ADAPTER, RejectionRegion
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
 from .sampling import CandidateSampler, generation_config
 from .thresholds import calibrated_threshold, hold_out_calibration
@@ -264,10 +264,7 @@ class BanelTrainer(Trainer):
             manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
             folder = open_run_folder(self.args.output_dir, manifest, force, load_weights=not self.posterior.regions)
             self.ledger = folder.ledger
-            proposal = (
-                read_proposal_weights(self.args.output_dir) if folder.regions and not self.posterior.regions else None
-            )
-            return self.ledger.lines, folder.regions, folder.weights, folder.log_history, proposal
+            return self.ledger.lines, folder.regions, folder.weights, folder.log_history, folder.proposal
 
         lines, regions, weights, log_history, proposal = on_main_process(self.accelerator, read_output_dir)
         if not self.accelerator.is_main_process:
@@ -275,14 +272,15 @@ class BanelTrainer(Trainer):
         self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
         if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
             self._save_posterior()  # this process's save failed before: save again what it fit
-        for region, region_weights in zip(regions, weights, strict=True) if weights else ():  # a new process
-            for name, adapter_weights in region_weights.items():
-                self._ensure_adapter(name)
-                set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+        # A new process: the saved regions' adapters, and the proposal distilled after the last saved round.
+        adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
+        adapters.update([proposal] if proposal is not None else [])
+        for name, adapter_weights in adapters.items():
+            self._ensure_adapter(name)
+            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+        for region in regions if weights else ():
             self.posterior.add_region(region)
-        if proposal is not None:  # the proposal distilled after the last saved round (a new process)
-            self._ensure_adapter(proposal[0])
-            set_peft_model_state_dict(self.model, proposal[1], adapter_name=proposal[0])
+        if proposal is not None:
             self.posterior.proposal_adapter = proposal[0]
         if len(self.ledger) or regions:
             logger.warning(
