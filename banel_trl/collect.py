@@ -2,8 +2,12 @@
 
 import copy
 import logging
+import math
+import statistics
 
+from transformers.utils import is_rich_available
 from transformers.utils.logging import tqdm
+from trl.trainer.utils import print_prompt_completions_sample
 
 from .config import BanelConfig
 from .ledger import RewardLedger, RoundReplay, sample_key
@@ -55,11 +59,14 @@ class RoundCollector:
         The sampler starts from the round's seed, so a round interrupted by a crash draws the same candidates again
         when the run resumes: the evaluations and repeats it had recorded are met again, in order, and reused instead
         of being paid or recorded twice (see [`RoundReplay`]). A round whose end is in the ledger is not sampled again.
-        `trainer_state` is handed to the reward functions.
+        `trainer_state` is handed to the reward functions. What they log (`log_extra`, `log_metric`) from the round's
+        first evaluation on stays in `rewards.logs` for [`round_metrics`] and [`log_round_completions`], until the
+        next round is sampled: logs left from before (the previous round's, a batch that raised) are dropped.
         """
         ledger = self.ledger
         if k in ledger.round_ends:
             return ledger.round_ends[k]
+        self.rewards.pop_logs()
         paid_before = sum(1 for r in ledger.records if r["round"] < k)
         budget = min(self.samples_per_round, self.max_reward_evaluations - paid_before)
         replay = ledger.replay(k)  # written before an interruption: met again, not paid again
@@ -94,6 +101,7 @@ class RoundCollector:
                 "is low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
             )
         ledger.end_round(k, stats)
+        check_reward_scale(ledger, k, self.rewards)
         return stats
 
     def _select_to_pay(
@@ -176,11 +184,57 @@ class RoundCollector:
         return {**record, "rewards": rewards, "reward": reward, "success": self.rewards.is_success(reward)}
 
 
-def round_metrics(ledger: RewardLedger, k: int, stats: dict, max_reward_evaluations: int, num_regions: int) -> dict:
-    """The figures logged for round `k`: NREs, successes, the success rate of its paid samples, its acceptance."""
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """
+    Mean and (sample) standard deviation of `values`, None left out as GRPO's nanmean/nanstd; None where undefined (no
+    value, or one for the deviation) or beyond a float. Computed on the values scaled by a power of two (exactly),
+    so that rewards near the largest float do not overflow the sums.
+    """
+    values = [value for value in values if value is not None]
+    if not values:
+        return None, None
+    exponent = math.frexp(max(abs(value) for value in values))[1]
+    scaled = [math.ldexp(value, -exponent) for value in values]
+    mean = math.ldexp(math.fsum(scaled) / len(scaled), exponent)
+    try:
+        std = math.ldexp(statistics.stdev(scaled), exponent) if len(scaled) > 1 else None
+    except OverflowError:  # a spread beyond the largest float
+        std = None
+    return mean, std
+
+
+def reward_metrics(records: list[dict], reward_names: list[str]) -> dict[str, float | None]:
+    """
+    GRPO's reward figures over the paid samples `records`: `rewards/{name}/mean` and `rewards/{name}/std` for each
+    reward function (in the order of `reward_names`), and `reward` and `reward_std` of the weighted reward. Rewards
+    that are None are left out; a figure with nothing left is None (a standard deviation needs two rewards).
+    """
+    metrics = {}
+    for i, name in enumerate(reward_names):
+        metrics[f"rewards/{name}/mean"], metrics[f"rewards/{name}/std"] = _mean_std([r["rewards"][i] for r in records])
+    metrics["reward"], metrics["reward_std"] = _mean_std([r["reward"] for r in records])
+    return metrics
+
+
+def round_metrics(
+    ledger: RewardLedger,
+    k: int,
+    stats: dict,
+    max_reward_evaluations: int,
+    num_regions: int,
+    rewards: RewardEvaluator | None = None,
+) -> dict:
+    """
+    The figures logged for round `k`: NREs, successes, the success rate of its paid samples, its acceptance. With
+    `rewards`, once the round is collected: GRPO's reward figures of its paid samples (see [`reward_metrics`]) and the
+    metrics the reward functions logged with `log_metric` during the round (`rewards.logs`), averaged (the built-in
+    figures win a name they share).
+    """
     this_round = ledger.paid_in_round(k)
     successes = sum(r["success"] for r in this_round)
     return {
+        **(rewards.logs.metrics if rewards is not None else {}),
+        **(reward_metrics(this_round, rewards.names) if rewards is not None else {}),
         "round": k,
         "nre/used": len(ledger),
         "nre/left": max_reward_evaluations - len(ledger),
@@ -191,6 +245,88 @@ def round_metrics(ledger: RewardLedger, k: int, stats: dict, max_reward_evaluati
         "repeats": stats["repeats"],
         "regions": num_regions,
     }
+
+
+def log_round_completions(
+    ledger: RewardLedger, k: int, rewards: RewardEvaluator, step: int, num_completions: int | None
+) -> None:
+    """
+    GRPO's `log_completions` for round `k`, once collected: TRL's table (`print_prompt_completions_sample`, titled
+    with `step`) of its first `num_completions` paid samples (all when None): prompt, completion, each function's
+    reward (nan for None) and the columns the functions logged with `log_extra` (`rewards.logs`). Those cover the
+    evaluations the round paid in this process, its last ones: evaluations paid before an interruption show None.
+    Without `rich`, one log line per completion.
+    """
+    logs = rewards.logs
+    records = ledger.paid_in_round(k)
+    shown = records if num_completions is None else records[: max(num_completions, 0)]
+    if not shown:
+        return
+    if not is_rich_available():
+        for r in shown:
+            logger.info(f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}")
+        return
+    offset = len(records) - logs.num_samples  # the record of the first evaluation the logs cover
+    extra = {}
+    if offset >= 0:  # otherwise the logs are not this round's alone: leave them out rather than misalign them
+        extra = {
+            column: [values[i - offset] if i >= offset else None for i in range(len(shown))]
+            for column, values in logs.extra.items()
+        }
+    columns = {}
+    for i, name in enumerate(rewards.names):
+        name = name if name not in columns else f"{name} ({i + 1})"  # two functions of one name: both columns
+        columns[name] = [math.nan if r["rewards"][i] is None else r["rewards"][i] for r in shown]
+    prompts, completions = [r["prompt"] for r in shown], [r["completion"] for r in shown]
+    print_prompt_completions_sample(prompts, completions, columns, None, step, extra=extra)
+
+
+def check_reward_scale(ledger: RewardLedger, k: int, rewards: RewardEvaluator) -> None:
+    """
+    Warn when round `k`'s paid samples suggest that `success_threshold` does not fit the reward: all of them succeed
+    (nothing to learn from), or, before any success of the run, a graded reward (more than two distinct values)
+    stays below the threshold throughout; and, as GRPO does, when every reward function returned None for a sample
+    (these two once per run, as `rewards.warned` records).
+    """
+    records = ledger.paid_in_round(k)
+    values = [r["reward"] for r in records if r["reward"] is not None]
+    threshold = rewards.success_threshold
+    unrewarded = [r for r in records if r["reward"] is None]
+    if unrewarded and "no_reward" not in rewards.warned:
+        rewards.warned.add("no_reward")
+        logger.warning(
+            f"Round {k}: {len(unrewarded)} of {len(records)} paid samples have no reward: every reward function "
+            f"returned None (or NaN) for them, e.g. prompt {unrewarded[0]['prompt']!r}, completion "
+            f"{unrewarded[0]['completion']!r}. They count as failures. Please ensure that at least one reward "
+            "function returns a valid reward."
+        )
+    if records and all(r["success"] for r in records):
+        logger.warning(
+            f"Round {k}: all {len(records)} paid samples are successes (rewards from {min(values)} to "
+            f"{max(values)}, `success_threshold`={threshold}): nothing to learn from, since failures are what BaNEL "
+            "trains on. Is `success_threshold` too low for this reward?"
+        )
+    graded = len(set(values)) > 2 and not any(r["success"] for r in ledger.records)
+    if graded and "graded_reward" not in rewards.warned:
+        rewards.warned.add("graded_reward")
+        logger.warning(
+            f"Round {k}: no success yet, and the reward is graded ({len(set(values))} distinct values) with every "
+            f"value below `success_threshold`={threshold}: the highest seen is {max(values)}. A graded reward needs "
+            "`success_threshold` set to the score that counts as a success; if that is the current one, ignore this."
+        )
+
+
+def round_fell_short(k: int, stats: dict, num_evaluations: int, max_reward_evaluations: int) -> bool:
+    """Whether round `k` could not spend its budget (`stats` from [`RoundCollector.collect`]), warning if so."""
+    if stats["evaluated"] >= stats["budget"]:
+        return False
+    logger.warning(
+        f"Ending the run after round {k}, which could not spend its budget: a further region would only lower the "
+        f"acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). {num_evaluations} of "
+        f"{max_reward_evaluations} evaluations are spent; to go on, call `train()` again with a higher "
+        "`max_sampling_attempts`."
+    )
+    return True
 
 
 def region_has_evidence(ledger: RewardLedger, k: int, args: BanelConfig) -> bool:

@@ -1,75 +1,41 @@
 """Configuration of the [`BanelTrainer`]."""
 
-import enum
-import math
-import numbers
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
-from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+
+from .config_checks import (
+    checked_integer,
+    checked_real,
+    refuse_evaluation,
+    refuse_unsupported_grpo_values,
+    resolve_generation_batch_size,
+    resolve_pad_to_multiple_of,
+    resolve_rounds,
+    type_error,
+    warn_about_checkpoints,
+)
 
 
 THRESHOLD_TYPES = ("calibrated", "filter_factor")
 NEGATIVE_SAMPLES = ("round", "all")
 REFERENCE_MODELS = ("posterior", "proposal")
 
-# Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
-# only act on its results), each with the value that turns it off. BaNEL's `evaluate` pays reward calls.
-EVALUATION_OPTIONS = {
-    "eval_strategy": IntervalStrategy.NO.value,
-    "eval_steps": None,
-    "eval_delay": 0,
-    "eval_on_start": False,
-    "load_best_model_at_end": False,
-    "metric_for_best_model": None,
-    "greater_is_better": None,
-}
-# Values of other options that need evaluation metrics: a save strategy and LR schedulers stepped on them.
-EVALUATION_VALUES = {
-    "save_strategy": ((SaveStrategy.BEST.value,), SaveStrategy.NO.value),
-    "lr_scheduler_type": ((SchedulerType.REDUCE_ON_PLATEAU.value, SchedulerType.GREEDY.value), "linear"),
-}
-
-
-_NUMBER_FIX = "pass a number, not a string (in YAML, write it without quotes)"
-
-
-def _plain(value: Any) -> Any:
-    """An enum's value (`"steps"` for `IntervalStrategy.STEPS`), to show a setting as the user wrote it."""
-    return value.value if isinstance(value, enum.Enum) else value
-
-
-def _type_error(name: str, value: Any, expected: str, fix: str) -> ValueError:
-    return ValueError(f"`{name}` must be {expected}, got {value!r} of type {type(value).__name__}: {fix}.")
-
-
-def _checked_integer(name: str, value: Any) -> int:
-    """
-    `value` as an `int`. An integral float (`20.0`, `1e4`) is exact and accepted; a fractional one is refused, never
-    rounded: a budget of `20.5` must not pay 21 reward evaluations.
-    """
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, float) and math.isfinite(value):
-        fix = f"counts are whole numbers, pass {math.floor(value)} or {math.ceil(value)}"
-    elif isinstance(value, str):
-        fix = _NUMBER_FIX
-    else:
-        fix = "pass an integer"
-    raise _type_error(name, value, "an integer", fix)
-
-
-def _checked_real(name: str, value: Any) -> float:
-    """`value` if it is a finite real number (an `int` or `float`; a numpy scalar becomes a `float`)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise _type_error(name, value, "a number", _NUMBER_FIX if isinstance(value, str) else "pass a number")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value}.")
-    return value if isinstance(value, int | float) else float(value)
+# Counts that must be at least 1 when set (those that may be None are filled in from the others).
+POSITIVE_INTS = (
+    "max_reward_evaluations",
+    "samples_per_round",
+    "num_rounds",
+    "num_generations",
+    "num_generations_eval",
+    "generation_batch_size",
+    "steps_per_generation",
+    "max_completion_length",
+    "max_sampling_attempts",
+    "scoring_batch_size",
+)
 
 
 @dataclass
@@ -86,7 +52,8 @@ class BanelConfig(TrainingArguments):
     The optimisation arguments inherited from [`~transformers.TrainingArguments`] (`learning_rate`,
     `num_train_epochs`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `lr_scheduler_type`, `optim`,
     ...) configure the maximum-likelihood fit of each round's negative model: `num_train_epochs` is the number of
-    epochs per round, the knob that trades compute for NREs. Names shared with [`~trl.GRPOConfig`] keep their meaning.
+    epochs per round, the knob that trades compute for NREs. Names shared with [`~trl.GRPOConfig`] keep their meaning
+    or take the BaNEL one below; docs/migrating_from_grpo.md lists every GRPOConfig field and what BaNEL does with it.
     How the defaults were chosen, with the measurements behind them: docs/results/defaults.md.
 
     Parameters:
@@ -95,20 +62,25 @@ class BanelConfig(TrainingArguments):
         max_reward_evaluations (`int`, *optional*, defaults to `7500`):
             Hard cap on the number of reward evaluations (NREs) of the whole run. No code path exceeds it; rejected and
             already-evaluated candidates cost nothing.
-        samples_per_round (`int`, *optional*, defaults to `3750`):
+        samples_per_round (`int`, *optional*):
             NREs spent per round (the paper's `m`): each round evaluates this many accepted, never-seen candidates
-            before fitting its negative model. The number of rounds sets the sampling cost: with calibrated thresholds
-            the posterior accepts about `(1 - first_region_rejection_rate) * (1 - target_rejection_rate) ** (k - 1)`
-            of the proposals after `k` rounds, and a round ends early once acceptance falls below
-            `1 / max_sampling_attempts`. The default spends the default budget in two rounds: one that fits the first
-            region on samples of `p_theta`, one that evaluates the posterior it defines.
+            before fitting its negative model. Defaults to `ceil(max_reward_evaluations / num_rounds)` (3750 for the
+            default budget). The number of rounds sets the sampling cost: with calibrated thresholds the posterior
+            accepts about `(1 - first_region_rejection_rate) * (1 - target_rejection_rate) ** (k - 1)` of the
+            proposals after `k` rounds, and a round ends early once acceptance falls below `1 / max_sampling_attempts`.
         num_rounds (`int`, *optional*):
-            Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`.
+            Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`, and when
+            `samples_per_round` is not set either, to 2: one that fits the first region on samples of `p_theta`, one
+            that evaluates the posterior it defines.
         success_threshold (`float`, *optional*, defaults to `1.0`):
             A sample succeeds when its weighted reward reaches this value. Successes are recorded and reported, never
             trained on.
         reward_weights (`list[float]`, *optional*):
             Weights of the reward functions, as in GRPO. Defaults to 1 for each.
+        multi_objective_aggregation (`str`, *optional*, defaults to `"sum_then_normalize"`):
+            How several rewards combine, as in GRPO: a sample's reward is the weighted sum of its rewards, a success
+            when it reaches `success_threshold`. GRPO's `"normalize_then_sum"` is refused: normalising each reward
+            across a prompt's group would make a sample's success depend on the samples drawn with it.
 
         > Model
 
@@ -117,18 +89,41 @@ class BanelConfig(TrainingArguments):
             argument of the [`BanelTrainer`] is a string.
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Whether to allow models and tokenizers that ship custom code.
+        disable_dropout (`bool`, *optional*, defaults to `False`):
+            Set the dropout of `p_theta` to 0 (TRL's `disable_dropout_in_model`), so that the negative fits, which run
+            in training mode, learn from the same likelihoods the regions are scored with (without dropout). The LoRA
+            adapters' own dropout is `peft_config.lora_dropout`.
 
         > Generation (the proposal `p_theta`)
 
         num_generations (`int`, *optional*, defaults to `8`):
             Completions sampled per prompt in a generation batch.
-        generation_batch_size (`int`, *optional*, defaults to `64`):
-            Candidates proposed per call to `generate`. Must be divisible by `num_generations`.
+        num_generations_eval (`int`, *optional*):
+            Accepted samples per prompt that `evaluate()` draws and scores. Defaults to `num_generations`.
+        generation_batch_size (`int`, *optional*):
+            Candidates proposed per call to `generate`; must be divisible by `num_generations`. Defaults to
+            `per_device_train_batch_size * world_size * steps_per_generation` when `steps_per_generation` is set (as in
+            GRPO), else to the smallest multiple of `num_generations` that is at least 64.
+        steps_per_generation (`int`, *optional*):
+            GRPO's other way to size the generation batch (see `generation_batch_size`); both cannot be set.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`):
+            Each round takes prompts from the dataset in an order shuffled from its seed (reshuffled every pass).
+            `False`: in the dataset's order, from the first prompt, cycling.
         max_completion_length (`int`, *optional*, defaults to `256`):
             Maximum length of a completion, in tokens.
         temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs, chat_template_kwargs:
             As in [`~trl.GRPOConfig`]. `temperature` also scales the logits of every likelihood BaNEL computes, so the
             negative models compare against the proposal actually sampled.
+        cache_implementation (`str`, *optional*):
+            Cache implementation of `generate` (`transformers.GenerationConfig.cache_implementation`), as in GRPO.
+            `"paged"` is refused, as `use_transformers_paged` is.
+        pad_to_multiple_of (`int` or `str`, *optional*):
+            Pad the prompt and completion ids of the generation batches and of the negative fits' batches to a multiple
+            of this, for accelerators that compile once per shape. GRPO's `"auto"`: 128 on Neuron, else no padding.
+        use_transformers_paged, use_transformers_continuous_batching (`bool`, *optional*, defaults to `False`):
+            Refused when `True`: transformers' paged generation (continuous batching) takes unpadded prompts and
+            returns each request's tokens apart, while the posterior proposes with `generate` on a left-padded batch
+            and scores exactly the tokens it sampled.
         max_sampling_attempts (`int`, *optional*, defaults to `10000`):
             Bound on rejection sampling: at most this many candidates are proposed per requested sample, in total over
             the samples requested (a round's evaluations, or a call to `generate`). When the posterior accepts less
@@ -212,8 +207,8 @@ class BanelConfig(TrainingArguments):
 
         log_completions (`bool`, *optional*, defaults to `False`):
             Log a sample of evaluated completions with their rewards each round.
-        num_completions_to_print (`int`, *optional*, defaults to `8`):
-            Number of completions logged when `log_completions=True`.
+        num_completions_to_print (`int` or `None`, *optional*, defaults to `8`):
+            Number of completions logged when `log_completions=True`; `None`: all of the round's (GRPO's default).
 
     > [!NOTE]
     > These parameters have default values different from [`~transformers.TrainingArguments`]:
@@ -265,13 +260,19 @@ class BanelConfig(TrainingArguments):
         default=7500,
         metadata={"help": "Hard cap on reward evaluations (NREs) over the whole run."},
     )
-    samples_per_round: int = field(
-        default=3750,
-        metadata={"help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit)."},
+    samples_per_round: int | None = field(
+        default=None,
+        metadata={
+            "help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit). Defaults to "
+            "ceil(max_reward_evaluations / num_rounds)."
+        },
     )
     num_rounds: int | None = field(
         default=None,
-        metadata={"help": "Number of rounds. Defaults to ceil(max_reward_evaluations / samples_per_round)."},
+        metadata={
+            "help": "Number of rounds. Defaults to ceil(max_reward_evaluations / samples_per_round), or 2 when "
+            "samples_per_round is not set either."
+        },
     )
     success_threshold: float = field(
         default=1.0,
@@ -280,6 +281,13 @@ class BanelConfig(TrainingArguments):
     reward_weights: list[float] | None = field(
         default=None,
         metadata={"help": "Weights of the reward functions. Defaults to 1 for each."},
+    )
+    multi_objective_aggregation: str = field(
+        default="sum_then_normalize",
+        metadata={
+            "help": "Only 'sum_then_normalize': a success is a weighted sum of rewards reaching success_threshold; "
+            "'normalize_then_sum' would make a sample's success depend on the other samples of its prompt."
+        },
     )
 
     # Model
@@ -291,15 +299,38 @@ class BanelConfig(TrainingArguments):
         default=False,
         metadata={"help": "Allow models and tokenizers that ship custom code."},
     )
+    disable_dropout: bool = field(
+        default=False,
+        metadata={"help": "Set p_theta's dropout to 0, so the negative fits learn the likelihoods the regions score."},
+    )
 
     # Generation
     num_generations: int = field(
         default=8,
         metadata={"help": "Completions sampled per prompt in a generation batch."},
     )
-    generation_batch_size: int = field(
-        default=64,
-        metadata={"help": "Candidates proposed per call to generate. Must be divisible by num_generations."},
+    num_generations_eval: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per prompt evaluate() scores (fewer: fewer reward calls). Defaults to num_generations."
+        },
+    )
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Candidates proposed per call to generate, a multiple of num_generations. Defaults to "
+            "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64."
+        },
+    )
+    steps_per_generation: int | None = field(
+        default=None,
+        metadata={"help": "GRPO's way to size the generation batch (see generation_batch_size); both cannot be set."},
+    )
+    shuffle_dataset: bool = field(
+        default=True,
+        metadata={
+            "help": "Shuffle each round's prompts from its seed (reproducible); False: in dataset order, cycling."
+        },
     )
     max_completion_length: int = field(
         default=256,
@@ -332,6 +363,25 @@ class BanelConfig(TrainingArguments):
     chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Extra keyword arguments for apply_chat_template on conversational prompts."},
+    )
+    cache_implementation: str | None = field(
+        default=None,
+        metadata={"help": "KV cache implementation of generate (e.g. 'static'), for faster generation; as in GRPO."},
+    )
+    pad_to_multiple_of: int | str | None = field(
+        default=None,
+        metadata={
+            "help": "Pad generation and negative-fit batches to a multiple of this, for accelerators that compile "
+            "once per shape; 'auto': 128 on Neuron, else none."
+        },
+    )
+    use_transformers_paged: bool = field(
+        default=False,
+        metadata={"help": "Refused if True: the posterior scores the left-padded batch that generate sampled."},
+    )
+    use_transformers_continuous_batching: bool = field(
+        default=False,
+        metadata={"help": "Refused if True: the posterior scores the left-padded batch that generate sampled."},
     )
     max_sampling_attempts: int = field(
         default=10000,
@@ -442,43 +492,25 @@ class BanelConfig(TrainingArguments):
         default=False,
         metadata={"help": "Log a sample of evaluated completions with their rewards each round."},
     )
-    num_completions_to_print: int = field(
+    num_completions_to_print: int | None = field(
         default=8,
-        metadata={"help": "Number of completions logged when log_completions is True."},
+        metadata={"help": "Number of completions logged when log_completions is True; None: all of the round's."},
     )
 
     def __post_init__(self):
         # Before TrainingArguments' checks: they compare values (a string fails there with a TypeError) and require an
         # eval strategy for options that BaNEL refuses altogether.
         self._check_types()
-        self._refuse_evaluation()
+        refuse_evaluation(self)
         super().__post_init__()
-        positive_ints = (
-            "max_reward_evaluations",
-            "samples_per_round",
-            "num_generations",
-            "generation_batch_size",
-            "max_completion_length",
-            "max_sampling_attempts",
-            "scoring_batch_size",
-        )
-        for name in positive_ints:
-            if getattr(self, name) < 1:
+        for name in POSITIVE_INTS:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
-        if self.samples_per_round > self.max_reward_evaluations:
-            raise ValueError(
-                f"`max_reward_evaluations` ({self.max_reward_evaluations}) is smaller than one round "
-                f"(`samples_per_round`={self.samples_per_round}): lower `samples_per_round` or raise the budget."
-            )
-        if self.num_rounds is None:
-            self.num_rounds = math.ceil(self.max_reward_evaluations / self.samples_per_round)
-        elif self.num_rounds < 1:
-            raise ValueError(f"`num_rounds` must be a positive integer, got {self.num_rounds}.")
-        if self.generation_batch_size % self.num_generations != 0:
-            raise ValueError(
-                f"`generation_batch_size` ({self.generation_batch_size}) must be divisible by `num_generations` "
-                f"({self.num_generations})."
-            )
+        resolve_rounds(self)
+        resolve_generation_batch_size(self)
+        resolve_pad_to_multiple_of(self)
+        refuse_unsupported_grpo_values(self)
+        warn_about_checkpoints(self)
         if self.negative_samples not in NEGATIVE_SAMPLES:
             raise ValueError(f"`negative_samples` must be one of {NEGATIVE_SAMPLES}, got {self.negative_samples!r}.")
         if self.reference_model not in REFERENCE_MODELS:
@@ -519,32 +551,15 @@ class BanelConfig(TrainingArguments):
         for name, annotation in BanelConfig.__annotations__.items():
             kinds = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
             value = getattr(self, name)
-            if value is None and type(None) in kinds:
+            if (value is None and type(None) in kinds) or (isinstance(value, str) and str in kinds):
                 continue
             if int in kinds:
-                setattr(self, name, _checked_integer(name, value))
+                setattr(self, name, checked_integer(name, value))
             elif float in kinds:
-                setattr(self, name, _checked_real(name, value))
+                setattr(self, name, checked_real(name, value))
             elif bool in kinds and not isinstance(value, bool):
-                raise _type_error(name, value, "True or False", "pass a bool (in YAML, true or false without quotes)")
+                raise type_error(name, value, "True or False", "pass a bool (in YAML, true or false without quotes)")
             elif list[float] in kinds:
                 if not isinstance(value, list | tuple):
-                    raise _type_error(name, value, "a list of numbers", "pass one number per reward function")
-                setattr(self, name, [_checked_real(f"{name}[{i}]", weight) for i, weight in enumerate(value)])
-
-    def _refuse_evaluation(self) -> None:
-        """
-        Refuse the Trainer options with which `Trainer.train`, that fits each round's negative model, would call
-        `evaluate` on its own: BaNEL's `evaluate` pays reward calls, outside the budget and the ledger.
-        """
-        offending = {name: off for name, off in EVALUATION_OPTIONS.items() if getattr(self, name) != off}
-        offending |= {name: off for name, (on, off) in EVALUATION_VALUES.items() if getattr(self, name) in on}
-        if offending:
-            settings = ", ".join(f"`{name}={_plain(getattr(self, name))!r}`" for name in offending)
-            fixes = ", ".join(f"`{name}={off!r}`" for name, off in offending.items())
-            raise ValueError(
-                f"BaNEL does not evaluate during training, but {settings} would make the Trainer call `evaluate` "
-                "during each round's negative fit, and each evaluation pays reward calls outside the budget "
-                f"(`max_reward_evaluations`) and the ledger. Set {fixes}, and call `trainer.evaluate()` after "
-                "`train()` to measure the posterior's success rate."
-            )
+                    raise type_error(name, value, "a list of numbers", "pass one number per reward function")
+                setattr(self, name, [checked_real(f"{name}[{i}]", weight) for i, weight in enumerate(value)])

@@ -27,17 +27,33 @@ def check_dataset(dataset, name: str) -> None:
             )
 
 
+def prompt_dataset(dataset, name: str, named: bool = False):
+    """
+    `dataset` checked (`check_dataset`) and in memory: an `IterableDataset` (streaming) is read once, since BaNEL draws
+    its prompts afresh every round (it must be finite). With `named`, a dict of datasets (a `DatasetDict`, as
+    `Trainer.evaluate` takes for `eval_dataset`) is accepted too: each one checked, under its name.
+    """
+    if named and isinstance(dataset, dict) and dataset and all(_is_dataset(split) for split in dataset.values()):
+        return {key: prompt_dataset(split, f"{name}[{key!r}]") for key, split in dataset.items()}
+    if isinstance(dataset, IterableDataset):
+        dataset = Dataset.from_list(list(dataset))
+    check_dataset(dataset, name)
+    return dataset
+
+
+def _is_dataset(dataset) -> bool:
+    return isinstance(dataset, Dataset | IterableDataset)
+
+
 def _check_dataset_type(dataset, name: str) -> None:
     """Refuse anything but a map-style `datasets.Dataset`, with the call that makes one."""
     if isinstance(dataset, dict):  # DatasetDict and IterableDatasetDict included
-        if all(isinstance(split, Dataset | IterableDataset) for split in dataset.values()):
+        if all(_is_dataset(split) for split in dataset.values()):
             raise ValueError(
                 f"`{name}` is a {type(dataset).__name__} of splits {list(dataset)}: pass one split, e.g. "
                 f"`{name}=dataset[{next(iter(dataset), 'train')!r}]`."
             )
         raise ValueError(f"`{name}` must be a Dataset, got a dict: pass `Dataset.from_dict({{'prompt': [...]}})`.")
-    if isinstance(dataset, IterableDataset):
-        raise ValueError(f"`{name}` must be a map-style Dataset (BaNEL cycles through its prompts).")
     if isinstance(dataset, list | tuple):
         raise ValueError(
             f"`{name}` must be a Dataset, got a {type(dataset).__name__}: pass `Dataset.from_list(rows)`."
@@ -121,17 +137,26 @@ def pad_prompts(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.T
 
 
 class NegativesCollator:
-    """Batches `{"prompt_ids", "completion_ids"}` examples into the layout scored by `completion_log_probs`."""
+    """
+    Batches `{"prompt_ids", "completion_ids"}` examples into the layout scored by `completion_log_probs`: prompts
+    left-padded, completions right-padded, each to a multiple of `pad_to_multiple_of` tokens when it is set (GRPO's
+    option, for accelerators that compile once per shape; the masks keep the padding out of the likelihoods).
+    """
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        prompt_ids, prompt_mask = pad_prompts([e["prompt_ids"] for e in examples], self.pad_token_id)
+        prompts = [torch.tensor(e["prompt_ids"], dtype=torch.long) for e in examples]
         completions = [torch.tensor(e["completion_ids"], dtype=torch.long) for e in examples]
+
+        def padded(tensors, value, side):
+            return pad(tensors, padding_value=value, padding_side=side, pad_to_multiple_of=self.pad_to_multiple_of)
+
         return {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": pad(completions, padding_value=self.pad_token_id),
-            "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0),
+            "prompt_ids": padded(prompts, self.pad_token_id, "left"),
+            "prompt_mask": padded([torch.ones_like(p) for p in prompts], 0, "left"),
+            "completion_ids": padded(completions, self.pad_token_id, "right"),
+            "completion_mask": padded([torch.ones_like(c) for c in completions], 0, "right"),
         }

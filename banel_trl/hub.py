@@ -181,11 +181,14 @@ def generate_banel_model_card(
     )
 
 
-def write_model_card(output_dir: str, model_name: str, hub_model_id: str, **kwargs) -> str:
+def write_model_card(output_dir: str, model_name: str | None, hub_model_id: str | None, **kwargs) -> str:
     """
     Write `README.md` (see [`generate_banel_model_card`]) into `output_dir`, with the per-round plot
-    (`banel_report.png`) when the folder holds the run's ledger. Returns the card's path.
+    (`banel_report.png`) when the folder holds the run's ledger. `hub_model_id` defaults to the folder's name and
+    `model_name` to the last part of `hub_model_id`. Returns the card's path.
     """
+    hub_model_id = hub_model_id or os.path.basename(os.path.abspath(output_dir))
+    model_name = model_name or hub_model_id.split("/")[-1]
     plot_file = None
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
         plot_run(read_run(output_dir), os.path.join(output_dir, REPORT_PLOT_NAME))

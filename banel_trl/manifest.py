@@ -28,6 +28,8 @@ MANIFEST_NAME = "banel_run.json"
 FORCE = "force"  # `train(resume_from_checkpoint=FORCE)`: resume although the settings differ from the manifest's
 # The settings that decide what a run samples, pays for and fits: a resume that changes one is not the same run.
 # `max_sampling_attempts`, `num_rounds`, logging and saving may change; the budget may go up.
+# Settings recorded since they were added, with the value every run recorded before then had.
+SETTINGS_RECORDED_LATER = {"shuffle_dataset": True, "disable_dropout": False}
 RECORDED_SETTINGS = (
     "seed",
     "samples_per_round",
@@ -58,6 +60,8 @@ RECORDED_SETTINGS = (
     "distillation_epochs",
     "distillation_warm_start",
     "keep_distilled_regions",
+    "shuffle_dataset",
+    "disable_dropout",
     "num_train_epochs",
     "max_steps",
     "learning_rate",
@@ -142,7 +146,7 @@ def manifest_differences(recorded: dict, current: dict) -> list[str]:
     """Every field of `current` that contradicts the `recorded` manifest, as `name: recorded value -> value now`."""
     differences = []
     for name in sorted(recorded.keys() | current.keys()):
-        old, new = recorded.get(name), current.get(name)
+        old, new = recorded.get(name, SETTINGS_RECORDED_LATER.get(name)), current.get(name)
         budget_raised = name == "max_reward_evaluations" and isinstance(old, int) and new >= old
         if old != new and not budget_raised:
             note = " (it may only go up)" if name == "max_reward_evaluations" else ""

@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from trl.trainer.utils import disable_dropout_in_model
 
 
 logger = logging.getLogger(__name__)
@@ -34,9 +35,21 @@ def proposal_adapter_name(round_index: int) -> str:
     return f"proposal_{round_index}"
 
 
-def default_peft_config() -> LoraConfig:
-    """The negative model's LoRA when none is given: every linear layer, rank 16."""
-    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+# Model types with Mamba layers, whose `out_proj` and `conv1d` PEFT's LoRA refuses to wrap.
+MAMBA_MODEL_TYPES = ("falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h")
+
+
+def default_peft_config(model: PreTrainedModel) -> LoraConfig:
+    """The negative model's LoRA when none is given: every linear layer PEFT can wrap in `model`, rank 16."""
+    is_mamba = getattr(model.config, "model_type", None) in MAMBA_MODEL_TYPES
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        exclude_modules=["out_proj", "conv1d"] if is_mamba else None,
+        task_type="CAUSAL_LM",
+    )
 
 
 def load_proposal(
@@ -45,7 +58,8 @@ def load_proposal(
     """
     The proposal `p_theta`, frozen: `model` itself, or loaded from a model id or path with the [`BanelConfig`]'s
     `model_init_kwargs` and `quantization_config` (float32 unless asked otherwise, as GRPOTrainer). A
-    [`~peft.PeftModel`] is merged into its base first: its adapter is part of `p_theta`.
+    [`~peft.PeftModel`] is merged into its base first: its adapter is part of `p_theta`. With `disable_dropout`, its
+    dropout is set to 0, as GRPOTrainer does: the negative fits run in training mode on top of it.
     """
     if isinstance(model, str):
         init_kwargs = {key: value for key, value in (args.model_init_kwargs or {}).items() if value is not None}
@@ -60,6 +74,8 @@ def load_proposal(
         model = model.merge_and_unload()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if args.disable_dropout:
+        disable_dropout_in_model(model)
     return model
 
 
@@ -78,8 +94,16 @@ def load_tokenizer(tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedM
     return tokenizer
 
 
-def refuse_grpo_generation_hooks(**hooks) -> None:
-    """Refuse GRPO's agentic generation hooks (`tools`, `rollout_func`, `environment_factory`) when given."""
+def refuse_grpo_only_arguments(optimizers: tuple, **hooks) -> None:
+    """
+    Refuse `optimizers` (each round trains new adapter parameters) and GRPO's agentic generation hooks (`tools`,
+    `rollout_func`, `environment_factory`) when given.
+    """
+    if optimizers != (None, None):
+        raise ValueError(
+            "BanelTrainer creates a new optimizer every round, for that round's new adapter: pass `optim`, "
+            "`optim_args`, `learning_rate` and `lr_scheduler_type` in BanelConfig instead of `optimizers`."
+        )
     given = sorted(name for name, value in hooks.items() if value is not None)
     if given:
         raise ValueError(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-from peft import PeftModel
+from peft import PeftConfig, PeftModel, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
@@ -82,17 +82,15 @@ def completion_log_probs(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
-    adapter_names: list[str] | None = None,
 ) -> torch.Tensor:
     """
     Per-token log-probabilities `(N, C)` of the completion given the prompt (0 on padding), with logits scaled by
     `temperature`. Prompts are left-padded and completions right-padded; positions follow the attention mask so a
-    sequence scores the same whatever the padding of its batch. `adapter_names` gives each row its own LoRA adapter.
+    sequence scores the same whatever the padding of its batch.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    extra = {} if adapter_names is None else {"adapter_names": adapter_names}
     num_completion_tokens = completion_ids.size(1)
     logits = model(
         input_ids=input_ids,
@@ -100,7 +98,6 @@ def completion_log_probs(
         position_ids=position_ids,
         logits_to_keep=num_completion_tokens + 1,
         use_cache=False,
-        **extra,
     ).logits[:, :-1]
     # TRL's selective_log_softmax bounds memory by looping over rows; handing it blocks of rows as single rows keeps
     # that bound (one block's temporaries) without a Python step per row, which small vocabularies would pay for.
@@ -122,8 +119,7 @@ class BanelPosterior:
     when `log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given the
     prompt). The active regions are those fit on samples of the current proposal, or all with
     `keep_distilled_regions`.
-    Candidates are scored under the regions in order, and one rejected by a region is not scored under the later ones;
-    likelihoods under several adapters share PEFT's mixed-adapter batches.
+    Candidates are scored under the regions in order, and one rejected by a region is not scored under the later ones.
 
     Args:
         model ([`~peft.PeftModel`]):
@@ -194,6 +190,20 @@ class BanelPosterior:
     def add_region(self, region: RejectionRegion) -> None:
         self.regions.append(region)
 
+    def restore(
+        self, regions: list[RejectionRegion], weights: dict, proposal: str | None, peft_config: PeftConfig
+    ) -> None:
+        """
+        Put back what a run saved: each adapter's `weights` (by name; one the model lacks is added with
+        `peft_config`), then the `regions` and the distilled `proposal` adapter to sample from (`None`: `p_theta`).
+        """
+        for name, adapter_weights in weights.items():
+            if name not in self.model.peft_config:
+                self.model.add_adapter(name, peft_config)
+            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+        self.regions.extend(regions)
+        self.proposal_adapter = proposal or self.proposal_adapter
+
     @torch.no_grad()
     def log_ratios(
         self,
@@ -207,8 +217,8 @@ class BanelPosterior:
     ) -> torch.Tensor:
         """
         `log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the completion
-        length when `length_normalize`). `p_theta` is scored once per candidate. A forward chunk whose rows all use
-        one adapter runs with that adapter active; chunks that span several use PEFT's mixed-adapter batches.
+        length when `length_normalize`). `p_theta` is scored once per candidate; each forward chunk runs under one
+        adapter.
 
         Args:
             prompt_ids, prompt_mask, completion_ids, completion_mask (`torch.Tensor`):
@@ -288,21 +298,19 @@ class BanelPosterior:
     ) -> torch.Tensor:
         """Sequence log-likelihoods `(len(names), len(samples))` of the candidates `samples` under each adapter."""
         num_samples = len(samples)
-        # Row r scores sample r % n under adapter r // n. Model-major rows keep most forward chunks to one adapter,
-        # run as a plain forward with that adapter active: a mixed-adapter batch, which PEFT splits by adapter inside
-        # every LoRA layer, is only used for chunks that straddle two or more adapters.
+        # Row r scores sample r % n under adapter r // n, in chunks of one adapter each, run as a plain forward with
+        # that adapter active (PEFT's mixed-adapter batches do not support every layer type, e.g. fused MoE experts).
         rows = torch.arange(num_samples * len(names), device=samples.device)
         sequence_log_probs = torch.empty(len(rows), device=samples.device)
-        for chunk in rows.split(self.scoring_batch_size):
+        chunks = [chunk for per_name in rows.split(num_samples) for chunk in per_name.split(self.scoring_batch_size)]
+        for chunk in chunks:
             chunk_samples = samples[chunk % num_samples]
             chunk_prompt_mask, chunk_completion_mask = prompt_mask[chunk_samples], completion_mask[chunk_samples]
             # Drop the columns that are padding in every row of the chunk: left of the prompts, right of completions.
             used_completion = chunk_completion_mask.any(dim=0).long()
             prompt_start = int(chunk_prompt_mask.any(dim=0).long().argmax())
             completion_end = len(used_completion) - int(used_completion.flip(0).argmax())
-            chunk_names = [names[i] for i in (chunk // num_samples).tolist()]
-            single = chunk_names[0] if len(set(chunk_names)) == 1 else None
-            with self._only_adapter(single):
+            with self._only_adapter(names[int(chunk[0]) // num_samples]):
                 token_log_probs = completion_log_probs(
                     self.model,
                     prompt_ids[chunk_samples, prompt_start:],
@@ -310,21 +318,20 @@ class BanelPosterior:
                     completion_ids[chunk_samples, :completion_end],
                     chunk_completion_mask[:, :completion_end],
                     self.temperature,
-                    adapter_names=None if single else chunk_names,
                 )
             sequence_log_probs[chunk] = token_log_probs.sum(dim=1).float()
         return sequence_log_probs.view(len(names), num_samples)
 
     @contextmanager
-    def _only_adapter(self, name: str | None):
+    def _only_adapter(self, name: str):
         """
-        Run the model under the adapter `name` alone (`BASE_ADAPTER`: none; `None`: leave it as it is), then restore
+        Run the model under the adapter `name` alone (`BASE_ADAPTER`: none), then restore
         the active adapter and which parameters require gradients, both of which `set_adapter` changes.
         """
         if name == BASE_ADAPTER:
             with self.model.disable_adapter():
                 yield
-        elif name is None or name == self.model.active_adapter:
+        elif name == self.model.active_adapter:
             yield
         else:
             previous = self.model.active_adapter

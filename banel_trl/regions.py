@@ -9,7 +9,7 @@ from peft import load_peft_weights
 
 
 POSTERIOR_CONFIG_NAME = "banel_posterior.json"
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch: p_theta
+BASE_ADAPTER = "__base__"  # the name of p_theta, no adapter (PEFT's own name for it)
 
 
 @dataclass

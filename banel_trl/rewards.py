@@ -1,8 +1,10 @@
 """Reward functions under TRL's contract: loading them, calling them, and combining their outputs."""
 
 import asyncio
+import contextlib
 import copy
 import inspect
+import logging
 import math
 import numbers
 import reprlib
@@ -16,6 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from .data import decode_completions
 
+
+logger = logging.getLogger(__name__)
 
 RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
@@ -183,15 +187,20 @@ def _await_all(pending: dict[int, Any], names: list[str], prompts: list, complet
     return results
 
 
-def _call(reward_func: Any, tokenizer, inputs: dict, trainer_state) -> Any:
+def _call(reward_func: Any, tokenizer, inputs: dict, trainer_state, log_kwargs: dict) -> Any:
     """
     One reward function on a batch: a reward model's scores, a coroutine for an async function (not started yet), or
     the outputs of a callable. A callable gets its own deep copy of `inputs` (prompts, completions, ids and dataset
-    columns): whatever it does to them, the batch, the other functions and the ledger keep what was paid for.
+    columns): whatever it does to them, the batch, the other functions and the ledger keep what was paid for. It also
+    gets `trainer_state` and `log_kwargs` (GRPO's `log_extra` and `log_metric`) as they are.
     """
     if isinstance(reward_func, nn.Module):
         return _reward_model_scores(reward_func, tokenizer, inputs["prompts"], inputs["completions"])
-    return reward_func(**copy.deepcopy(inputs), trainer_state=trainer_state)
+    return reward_func(**copy.deepcopy(inputs), trainer_state=trainer_state, **log_kwargs)
+
+
+def _discard(*args) -> None:
+    """What `log_extra` and `log_metric` do when nobody collects the logs."""
 
 
 def _is_async(reward_func: Any) -> bool:
@@ -207,14 +216,17 @@ def call_reward_funcs(
     completions: list,
     completion_ids: list[list[int]],
     trainer_state=None,
+    log_extra: Callable[[str, list], None] | None = None,
+    log_metric: Callable[[str, float], None] | None = None,
     **reward_kwargs,
 ) -> list[list[float | None]]:
     """
-    Call every reward function once on the batch, with TRL's signature
-    `f(prompts=..., completions=..., completion_ids=..., trainer_state=..., **dataset_columns)`, and return one row of
+    Call every reward function once on the batch, with TRL's signature `f(prompts=..., completions=...,
+    completion_ids=..., trainer_state=..., log_extra=..., log_metric=..., **dataset_columns)`, and return one row of
     rewards per sample (None where a function returned None or NaN). Async functions run concurrently. Each function
-    gets deep copies of the batch's prompts, completions, ids and columns (not of `trainer_state`): one that edits
-    them in place changes neither what is recorded nor what the other functions see.
+    gets deep copies of the batch's prompts, completions, ids and columns (not of `trainer_state`, `log_extra` and
+    `log_metric`, which discard what is logged when `None`): one that edits them in place changes neither what is
+    recorded nor what the other functions see. Reward models get none of these.
 
     Raises [`RewardFunctionError`] naming the function and the sample when a function raises, returns something
     other than one reward per sample, or returns a value that is not a finite float, None or NaN (a string, inf,
@@ -226,6 +238,7 @@ def call_reward_funcs(
     columns: list[list[float | None] | None] = [None] * len(reward_funcs)
     problems: dict[int, list[str]] = {}
     names = [reward_func_name(reward_func) for reward_func in reward_funcs]
+    log_kwargs = dict(log_extra=log_extra or _discard, log_metric=log_metric or _discard)
 
     def check(i: int, outputs: Any) -> None:
         columns[i], function_problems = _check_outputs(outputs, names[i], prompts, completions)
@@ -235,7 +248,7 @@ def call_reward_funcs(
     pending_async = {}
     for i, (reward_func, tokenizer) in enumerate(zip(reward_funcs, reward_processing_classes, strict=True)):
         try:
-            outputs = _call(reward_func, tokenizer, inputs, trainer_state)
+            outputs = _call(reward_func, tokenizer, inputs, trainer_state, log_kwargs)
             if _is_async(reward_func):
                 pending_async[i] = outputs
                 continue
@@ -282,6 +295,51 @@ def weighted_reward(rewards: list[float | None], weights: list[float]) -> float 
     return total if total is not None and math.isfinite(total) else None
 
 
+class RewardLogs:
+    """
+    What reward functions logged through GRPO's `log_extra(column, values)` and `log_metric(name, value)` keyword
+    arguments, over the batches added since it was created.
+
+    Attributes:
+        extra (`dict[str, list]`):
+            One list per column, aligned with the samples of the batches in the order they were added: `None` where a
+            batch did not log the column.
+        metric_values (`dict[str, list[float]]`):
+            Every value logged per metric; [`~RewardLogs.metrics`] averages them.
+        num_samples (`int`):
+            Samples of the batches added.
+    """
+
+    def __init__(self):
+        self.extra: dict[str, list] = {}
+        self.metric_values: dict[str, list[float]] = {}
+        self.num_samples = 0
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        """Each metric averaged over the values logged, NaN left out (None when none is left), as GRPO's `log`."""
+        averages = {}
+        for name, values in self.metric_values.items():
+            valid = [value for value in values if not math.isnan(value)]
+            averages[name] = sum(valid) / len(valid) if valid else None
+        return averages
+
+    def add_batch(self, extra: dict[str, list], metric_values: dict[str, list[float]], num_samples: int) -> None:
+        """Add what was logged for a batch of `num_samples` samples: `extra` columns of one value per sample."""
+        for column in list(dict.fromkeys([*self.extra, *extra])):
+            values = list(extra.get(column, [None] * num_samples))
+            if len(values) != num_samples:
+                logger.warning(
+                    f"`log_extra({column!r}, ...)` logged {len(values)} values for a batch of {num_samples} "
+                    "completions; expected one per completion. The column is cut or padded with None to fit."
+                )
+                values = (values + [None] * num_samples)[:num_samples]
+            self.extra.setdefault(column, [None] * self.num_samples).extend(values)
+        for name, values in metric_values.items():
+            self.metric_values.setdefault(name, []).extend(values)
+        self.num_samples += num_samples
+
+
 class RewardEvaluator:
     """
     A run's reward functions, called as [`~trl.GRPOTrainer`] calls them, and the success test on their weighted sum.
@@ -301,6 +359,10 @@ class RewardEvaluator:
             Whether completions are handed over as assistant messages (conversational prompts) or as text.
         device (`torch.device`):
             Where the run's random state lives (see [`~RewardEvaluator.__call__`]).
+
+    What the functions log with `log_extra` and `log_metric` accumulates in `logs` (a [`RewardLogs`]) until
+    [`~RewardEvaluator.pop_logs`] returns it. `warned` holds the kinds of warning about the rewards given once per
+    run.
     """
 
     def __init__(
@@ -320,28 +382,61 @@ class RewardEvaluator:
         self.tokenizer = tokenizer
         self.conversational = conversational
         self.device = device
+        self.names = [reward_func_name(reward_func) for reward_func in reward_funcs]
+        self.logs = RewardLogs()
+        self.warned: set[str] = set()
 
     def __call__(
         self, examples: list[dict], completion_ids: list[list[int]], trainer_state=None
     ) -> list[list[float | None]]:
         """
-        The reward functions on a batch, with TRL's arguments: prompts, completions, ids, `trainer_state` and the
-        examples' other columns, each function its own deep copy of them; see [`call_reward_funcs`]. They run on a
+        The reward functions on a batch, with TRL's arguments: prompts, completions, ids, `trainer_state`, `log_extra`,
+        `log_metric` and the examples' other columns, each function its own deep copy of them; see
+        [`call_reward_funcs`]. What they log is added to `logs` once the batch's rewards are all usable. They run on a
         fork of torch's random state: whatever they draw (a reward that samples from a model, say) leaves the run's
         own draws unchanged, so a resumed run, which does not call them again for recorded batches, still samples
         what the uninterrupted run did.
         """
+        extra, metric_values = {}, {}
+
+        def log_extra(column: str, values: list) -> None:
+            extra.setdefault(column, []).extend(values)
+
+        def log_metric(name: str, value: float) -> None:
+            metric_values.setdefault(name, []).append(float(value))
+
         devices = [] if self.device.type == "cpu" else [self.device]
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            return call_reward_funcs(
+            rows = call_reward_funcs(
                 self.reward_funcs,
                 self.reward_processing_classes,
                 [example["prompt"] for example in examples],
                 decode_completions(completion_ids, self.tokenizer, self.conversational),
                 completion_ids,
                 trainer_state=trainer_state,
+                log_extra=log_extra,
+                log_metric=log_metric,
                 **{key: [example[key] for example in examples] for key in examples[0] if key != "prompt"},
             )
+        self.logs.add_batch(extra, metric_values, len(examples))  # a batch that raised logs nothing: not recorded
+        return rows
+
+    def pop_logs(self) -> RewardLogs:
+        """What the functions logged since the last call (see [`RewardLogs`]); the next batches log afresh."""
+        logs, self.logs = self.logs, RewardLogs()
+        return logs
+
+    @contextlib.contextmanager
+    def logs_apart(self):
+        """
+        Keep the logs of the calls made in the block apart, in the [`RewardLogs`] it yields (an evaluation's, say):
+        the logs pending before the block are pending again after it, unchanged.
+        """
+        pending, self.logs = self.logs, RewardLogs()
+        try:
+            yield self.logs
+        finally:
+            self.logs = pending
 
     def reward(self, rewards: list[float | None]) -> float | None:
         """The weighted reward of one sample's row of rewards (see [`weighted_reward`])."""

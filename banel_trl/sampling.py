@@ -15,8 +15,9 @@ from .posterior import BanelPosterior, Proposal, acceptance_too_low
 
 def generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args) -> GenerationConfig:
     """
-    The sampling settings of `p_theta` from a [`BanelConfig`]'s GRPO-named fields; `generation_kwargs` override them
-    (`do_sample`, `top_k`, `max_new_tokens`...), except `temperature`, which the likelihoods must share.
+    The sampling settings of `p_theta` from a [`BanelConfig`]'s GRPO-named fields (`cache_implementation` included);
+    `generation_kwargs` override them (`do_sample`, `top_k`, `max_new_tokens`...), except `temperature`, which the
+    likelihoods must share.
     """
     eos = model.generation_config.eos_token_id
     settings = {
@@ -27,6 +28,7 @@ def generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         "top_k": args.top_k,
         "min_p": args.min_p,
         "repetition_penalty": args.repetition_penalty,
+        "cache_implementation": args.cache_implementation,
         "pad_token_id": tokenizer.pad_token_id,
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": eos if eos is not None else tokenizer.eos_token_id,
@@ -37,15 +39,22 @@ def generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
             "`generation_kwargs` sets `temperature`, which BaNEL also applies to every likelihood it computes: set "
             "`temperature` itself instead, so that sampling and scoring use the same one."
         )
+    if overrides.get("num_beams", 1) > 1 or overrides.get("do_sample", True) is False:
+        raise ValueError(
+            f"`generation_kwargs` asks for {'beam search' if overrides.get('num_beams', 1) > 1 else 'greedy decoding'}"
+            ": BaNEL's posterior is `p_theta` conditioned by rejection, so its candidates must be samples of `p_theta`."
+            " Remove `num_beams` and `do_sample`; use `top_k`, `top_p` or `min_p` to narrow the sampling."
+        )
     return GenerationConfig(**{**settings, **overrides})
 
 
-def prompt_stream(dataset: Dataset, seed: int) -> Iterator[dict]:
-    """The dataset's examples, reshuffled every pass, forever."""
+def prompt_stream(dataset: Dataset, seed: int, shuffle: bool = True) -> Iterator[dict]:
+    """The dataset's examples, forever: reshuffled from `seed` every pass, or in their order (`shuffle=False`)."""
     rng = random.Random(seed)
     while True:
         order = list(range(len(dataset)))
-        rng.shuffle(order)
+        if shuffle:
+            rng.shuffle(order)
         yield from (dataset[i] for i in order)
 
 
@@ -53,7 +62,8 @@ class CandidateSampler:
     """
     Draws candidates of a [`BanelPosterior`] for a dataset's prompts, as BaNEL's rounds do: `num_generations`
     completions per prompt, `generation_batch_size` per call to `generate`, prompts taken from a stream that
-    [`~CandidateSampler.restart`] reshuffles from a seed, so that a resumed run draws the same candidates again.
+    [`~CandidateSampler.restart`] reshuffles from a seed (or starts again at the first prompt), so that a resumed run
+    draws the same candidates again.
 
     Args:
         posterior ([`BanelPosterior`]):
@@ -68,6 +78,11 @@ class CandidateSampler:
             Candidates per batch, a multiple of `num_generations`.
         chat_template_kwargs (`dict`, *optional*):
             Passed to the chat template of conversational prompts.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`):
+            Draw prompts in an order shuffled from the seed of [`~CandidateSampler.restart`]; `False`: in the dataset's
+            order, from the first prompt, cycling.
+        pad_to_multiple_of (`int`, *optional*):
+            Left-pad each batch of prompts to a multiple of this many tokens.
     """
 
     def __init__(
@@ -78,6 +93,8 @@ class CandidateSampler:
         num_generations: int,
         generation_batch_size: int,
         chat_template_kwargs: dict | None = None,
+        shuffle_dataset: bool = True,
+        pad_to_multiple_of: int | None = None,
     ):
         self.posterior = posterior
         self.tokenizer = tokenizer
@@ -85,6 +102,8 @@ class CandidateSampler:
         self.num_generations = num_generations
         self.generation_batch_size = generation_batch_size
         self.chat_template_kwargs = chat_template_kwargs
+        self.shuffle_dataset = shuffle_dataset
+        self.pad_to_multiple_of = pad_to_multiple_of
         self._prompt_ids: dict[str, list[int]] = {}
         self._prompts: Iterator[dict] | None = None
 
@@ -95,17 +114,24 @@ class CandidateSampler:
             self._prompt_ids[key] = tokenize_prompts([prompt], self.tokenizer, self.chat_template_kwargs)[0]
         return self._prompt_ids[key]
 
-    def check_prompt_lengths(
-        self, dataset: Dataset, name: str, max_completion_length: int, context: int | None
-    ) -> None:
-        """Refuse a dataset (`name`) whose longest prompt leaves no room for a completion in the model's `context`."""
-        longest = self.longest_prompt(dataset)
-        if context is not None and longest + max_completion_length > context:
-            raise ValueError(
-                f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
-                f"{max_completion_length}, that exceeds the model's context of {context} tokens. Shorten or filter "
-                "the prompts, or lower `max_completion_length`."
-            )
+    def check_prompt_lengths(self, datasets: dict, max_completion_length: int, context: int | None) -> None:
+        """
+        Refuse a dataset whose longest prompt leaves no room for a completion in the model's `context`, naming it by
+        its key in `datasets` (a value may be `None`, or a dict of datasets by name).
+        """
+        for name, dataset in datasets.items():
+            if isinstance(dataset, dict):
+                self.check_prompt_lengths(
+                    {f"{name}[{key!r}]": d for key, d in dataset.items()}, max_completion_length, context
+                )
+                continue
+            longest = 0 if dataset is None else self.longest_prompt(dataset)
+            if context is not None and longest + max_completion_length > context:
+                raise ValueError(
+                    f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
+                    f"{max_completion_length}, that exceeds the model's context of {context} tokens. Shorten or "
+                    "filter the prompts, or lower `max_completion_length`."
+                )
 
     def longest_prompt(self, dataset: Dataset) -> int:
         """Tokens in the longest prompt of `dataset`, tokenising in chunks the prompts not cached yet."""
@@ -118,8 +144,8 @@ class CandidateSampler:
         return max(len(self._prompt_ids[key]) for key in prompts)
 
     def restart(self, dataset: Dataset, seed: int) -> None:
-        """Draw prompts from `dataset` from now on, in the order `seed` gives."""
-        self._prompts = prompt_stream(dataset, seed)
+        """Draw prompts from `dataset` from now on, in the order `seed` gives (its own with `shuffle_dataset=False`)."""
+        self._prompts = prompt_stream(dataset, seed, self.shuffle_dataset)
 
     def propose_batch(self) -> tuple[list[dict], Proposal]:
         """Draw `generation_batch_size` candidates: `num_generations` per prompt, scored against every region."""
@@ -141,11 +167,11 @@ class CandidateSampler:
         self,
         num_samples: int,
         max_sampling_attempts: int,
-        exclude: Callable[[dict, str], bool] | None = None,
+        exclude: Callable[[Any, str], bool] | None = None,
         disable_tqdm: bool = False,
     ) -> list[tuple[Any, list[int]]]:
         """
-        Up to `num_samples` accepted candidates `(prompt, completion_ids)` in the order drawn; `exclude(example,
+        Up to `num_samples` accepted candidates `(prompt, completion_ids)` in the order drawn; `exclude(prompt,
         completion)` leaves a candidate out. Gives up after `max_sampling_attempts` proposals per requested sample, or
         once the acceptance rate is below 1 in `max_sampling_attempts` with 95% confidence ([`acceptance_too_low`]).
         """
@@ -157,7 +183,7 @@ class CandidateSampler:
             examples, proposal = self.propose_batch()
             proposed += len(examples)
             for example, completion_ids, completion in self.accepted(examples, proposal):
-                if exclude is None or not exclude(example, completion):
+                if exclude is None or not exclude(example["prompt"], completion):
                     samples.append((example["prompt"], completion_ids))
             progress.update(min(len(samples), num_samples) - progress.n)
             progress.set_postfix(acceptance=f"{len(samples) / proposed:.2e}", refresh=False)
@@ -175,5 +201,9 @@ class CandidateSampler:
         input_ids, attention_mask = pad_prompts(
             [self.prompt_ids(example["prompt"]) for example in examples], self.tokenizer.pad_token_id
         )
+        if self.pad_to_multiple_of is not None:
+            extra = -input_ids.size(1) % self.pad_to_multiple_of
+            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=self.tokenizer.pad_token_id)
+            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
         device = self.posterior.model.device
         return input_ids.to(device), attention_mask.to(device)

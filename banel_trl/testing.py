@@ -4,7 +4,7 @@ import random
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -54,10 +54,8 @@ def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised Qwen2 causal LM sized for CPU tests."""
-    torch.manual_seed(seed)
-    config = Qwen2Config(
+def _tiny_qwen2_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int, num_layers: int, **kwargs) -> Qwen2Config:
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -65,12 +63,17 @@ def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_la
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
     )
-    model = Qwen2ForCausalLM(config)
+
+
+def tiny_qwen2(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised Qwen2 causal LM sized for CPU tests."""
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(_tiny_qwen2_config(tokenizer, hidden_size, num_layers, tie_word_embeddings=True))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -116,3 +119,50 @@ def rare_b_proposal(seed: int = 0, length: int = 6, rate: float = 0.02):
         for _ in range(5000)
     ]
     return tokenizer, pretrain(tiny_qwen2(tokenizer, seed=seed), tokenizer, texts, steps=300, seed=seed)
+
+
+# Offline stand-ins for the Hub fixtures of TRL's tests (tests/test_grpo_trainer_port.py).
+ZEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ,.'-?!"
+ZEN_PROMPTS = [  # trl-internal-testing/zen, standard_prompt_only: 17 train prompts, then 2 test prompts
+    "Beautiful is better than", "Explicit is", "Simple is better", "Complex", "Flat is better than",
+    "Sparse is better", "Readability", "Special cases aren't special", "Although practicality beats",
+    "Errors should never", "Unless explicitly", "In the face of ambiguity, refuse", "There should be one--",
+    "Although that way may not be", "Now is better than", "Although never is often better than",
+    "If the implementation is hard to explain,", "If the implementation is easy to explain,", "Namespaces are one",
+]  # fmt: skip
+ZEN_QUESTIONS = [  # conversational_prompt_only: the same split
+    "What is better than ugly?", "What is better than implicit?", "What is better than complex?",
+    "What is better than complicated?", "What is better than nested?", "What is better than dense?",
+    "What counts?", "Are special cases enough to break the rules?", "What beats purity?",
+    "What should never pass silently?", "When can errors pass silently?", "What should you do in the face of ambiguity?",
+    "How many ways should there be to do it?", "For whom may the way not be obvious at first?",
+    "What is better than never?", "Is never better than right now?", "What does it mean if the implementation is hard?",
+    "What does it mean if the implementation is easy?", "Any great ideas?",
+]  # fmt: skip
+
+
+def zen_dataset(config_name: str = "standard_prompt_only", split: str | None = None, streaming: bool = False):
+    """
+    Offline stand-in for `load_dataset("trl-internal-testing/zen", config_name, split=split, streaming=streaming)`:
+    `"standard_prompt_only"` or `"conversational_prompt_only"`, splits `"train"` (17 prompts) and `"test"` (2).
+    """
+    from datasets import Dataset, DatasetDict, IterableDatasetDict
+
+    if config_name == "standard_prompt_only":
+        rows = [{"prompt": prompt} for prompt in ZEN_PROMPTS]
+    elif config_name == "conversational_prompt_only":
+        rows = [{"prompt": [{"role": "user", "content": question}]} for question in ZEN_QUESTIONS]
+    else:
+        raise ValueError(f"No offline zen config {config_name!r}.")
+    splits = {"train": Dataset.from_list(rows[:-2]), "test": Dataset.from_list(rows[-2:])}
+    if streaming:
+        splits = IterableDatasetDict({name: dataset.to_iterable_dataset() for name, dataset in splits.items()})
+    else:
+        splits = DatasetDict(splits)
+    return splits if split is None else splits[split]
+
+
+def tiny_reward_model(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised Qwen2 reward model (one score) sized for CPU tests: its scores are all near 0."""
+    torch.manual_seed(seed)
+    return Qwen2ForSequenceClassification(_tiny_qwen2_config(tokenizer, hidden_size, num_layers, num_labels=1))

@@ -3,16 +3,11 @@
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 
 from datasets import Dataset
-from peft import (
-    PeftConfig,
-    PeftModel,
-    get_peft_model,
-    get_peft_model_state_dict,
-    set_peft_model_state_dict,
-)
+from peft import PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import (
     BitsAndBytesConfig,
     PreTrainedModel,
@@ -22,15 +17,22 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import SaveStrategy, TrainOutput, speed_metrics
 from trl.data_utils import is_conversational
 
-from .callbacks import BanelCallback
-from .collect import RoundCollector, negative_examples, region_has_evidence, round_metrics
+from .callbacks import BanelCallback, RunCallbackHandler
+from .collect import (
+    RoundCollector,
+    log_round_completions,
+    negative_examples,
+    region_has_evidence,
+    round_fell_short,
+    round_metrics,
+)
 from .config import BanelConfig
-from .data import NegativesCollator, check_dataset
+from .data import NegativesCollator, prompt_dataset
 from .distributed import on_main_process
-from .evaluation import count_successes
+from .evaluation import success_metrics
 from .hub import PAPER, TAGS, write_model_card
 from .ledger import RewardLedger
 from .manifest import FORCE, open_run_folder, run_manifest
@@ -40,7 +42,7 @@ from .models import (
     load_tokenizer,
     proposal_adapter_name,
     reference_adapter_name,
-    refuse_grpo_generation_hooks,
+    refuse_grpo_only_arguments,
     region_adapter_name,
     save_adapter_as_model,
 )
@@ -158,22 +160,19 @@ class BanelTrainer(Trainer):
             args = BanelConfig(f"{model_name.split('/')[-1]}-BaNEL")
         if not isinstance(args, BanelConfig):
             raise ValueError(f"`args` must be a BanelConfig, got {type(args).__name__}.")
-        refuse_grpo_generation_hooks(tools=tools, rollout_func=rollout_func, environment_factory=environment_factory)
-        if optimizers != (None, None):
-            raise ValueError(
-                "BanelTrainer creates a new optimizer every round, for that round's new adapter: pass `optim`, "
-                "`optim_args`, `learning_rate` and `lr_scheduler_type` in BanelConfig instead of `optimizers`."
-            )
-        check_dataset(train_dataset, "train_dataset")
+        refuse_grpo_only_arguments(
+            optimizers, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory
+        )
+        train_dataset = prompt_dataset(train_dataset, "train_dataset")
         if eval_dataset is not None:
-            check_dataset(eval_dataset, "eval_dataset")
+            eval_dataset = prompt_dataset(eval_dataset, "eval_dataset", named=True)
 
         # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
         set_seed(args.seed)
         model = load_proposal(model, args, quantization_config)
         processing_class = load_tokenizer(processing_class, model, args)
 
-        self.peft_config = peft_config or default_peft_config()
+        self.peft_config = peft_config or default_peft_config(model)
         model = get_peft_model(model, self.peft_config, adapter_name=region_adapter_name(0))
 
         self.reward_funcs, self.reward_processing_classes = load_reward_funcs(
@@ -184,17 +183,18 @@ class BanelTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=NegativesCollator(processing_class.pad_token_id),
+            data_collator=NegativesCollator(processing_class.pad_token_id, args.pad_to_multiple_of),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
         )
+        # One run, one step axis: `Trainer.train` runs once per negative fit, under the run's callback events.
+        self.callback_handler = RunCallbackHandler.of(self.callback_handler, args.max_steps)
         self._set_up_sampling(train_dataset, eval_dataset)
         self.ledger = RewardLedger.replica([])  # empty until `train()` opens the run's
         self._fit_examples: list[dict] = []  # what the adapter being fit learns from
         self._round = 0
-        self._fit_steps_before_round = 0  # keeps logged steps increasing across the per-round fits
 
     def _set_up_sampling(self, train_dataset: Dataset, eval_dataset: Dataset | None) -> None:
         """
@@ -224,6 +224,8 @@ class BanelTrainer(Trainer):
             args.num_generations,
             args.generation_batch_size,
             args.chat_template_kwargs,
+            shuffle_dataset=args.shuffle_dataset,
+            pad_to_multiple_of=args.pad_to_multiple_of,
         )
         self.rewards = RewardEvaluator(
             self.reward_funcs,
@@ -235,9 +237,8 @@ class BanelTrainer(Trainer):
             self.accelerator.device,
         )
         context = getattr(self.model.config, "max_position_embeddings", None)
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            if dataset is not None:
-                self.sampler.check_prompt_lengths(dataset, name, args.max_completion_length, context)
+        datasets = {"train_dataset": train_dataset, "eval_dataset": eval_dataset}
+        self.sampler.check_prompt_lengths(datasets, args.max_completion_length, context)
 
     # ------------------------------------------------------------------ state
 
@@ -270,27 +271,19 @@ class BanelTrainer(Trainer):
         if not self.accelerator.is_main_process:
             self.ledger = RewardLedger.replica(lines)
         self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
+        self.state.global_step = max((entry.get("step", 0) for entry in self.state.log_history), default=0)
+        self.callback_handler.steps_before_fit = self.state.global_step  # and the run's step axis goes on from there
         if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
             self._save_posterior()  # this process's save failed before: save again what it fit
         # A new process: the saved regions' adapters, and the proposal distilled after the last saved round.
         adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
         adapters.update([proposal] if proposal is not None else [])
-        for name, adapter_weights in adapters.items():
-            self._ensure_adapter(name)
-            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
-        for region in regions if weights else ():
-            self.posterior.add_region(region)
-        if proposal is not None:
-            self.posterior.proposal_adapter = proposal[0]
+        self.posterior.restore(regions if weights else [], adapters, proposal and proposal[0], self.peft_config)
         if len(self.ledger) or regions:
             logger.warning(
                 f"Resuming run in {self.args.output_dir}: {len(self.ledger)} paid evaluations, "
                 f"{len(self.posterior.regions)} regions."
             )
-
-    def _ensure_adapter(self, name: str) -> None:
-        if name not in self.model.peft_config:
-            self.model.add_adapter(name, self.peft_config)
 
     # ------------------------------------------------------------------ the BaNEL loop
 
@@ -306,7 +299,8 @@ class BanelTrainer(Trainer):
         ledger; every process receives the results, and the negative models are fit data-parallel.
         """
         args = self.args
-        fit_losses = []
+        fit_losses, start_time = [], time.time()
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         try:
             self._open_ledger(force=resume_from_checkpoint == FORCE)
             # A round that added no region (see `reference_min_successes`) is collected again from the ledger.
@@ -314,10 +308,14 @@ class BanelTrainer(Trainer):
             for k in range(first_round, args.num_rounds):
                 if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
                     break  # the budget is spent and every round that sampled is done
+                if 0 < args.max_steps <= self.state.global_step:
+                    logger.warning(f"Ending the run before round {k}: its fits took all {args.max_steps} `max_steps`.")
+                    break
                 self._round = k
                 stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
                 negatives = negative_examples(self.ledger, self.sampler, k, args.negative_samples)  # 3: failures only
                 if len(negatives) < 2:
+                    self._log_round(k, stats, None, None, len(negatives))
                     logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
                     break
                 region, fit_loss = None, None
@@ -330,19 +328,21 @@ class BanelTrainer(Trainer):
                     if args.should_save:
                         self._save_posterior()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
-                if stats["evaluated"] < stats["budget"]:
-                    logger.warning(
-                        f"Ending the run after round {k}, which could not spend its budget: a further region would "
-                        f"only lower the acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). "
-                        f"{self.num_reward_evaluations} of {args.max_reward_evaluations} evaluations are spent; to "
-                        "go on, call `train()` again with a higher `max_sampling_attempts`."
-                    )
-                    break
+                if round_fell_short(k, stats, self.num_reward_evaluations, args.max_reward_evaluations):
+                    break  # the posterior accepts too little to go on
         finally:
             self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
-        mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
+        return self._end_run(fit_losses, start_time)
+
+    def _end_run(self, fit_losses: list[float], start_time: float) -> TrainOutput:
+        """Log the run's summary, as `Trainer.train` ends with, and call `on_train_end` once for the whole run."""
         metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
-        return TrainOutput(self._fit_steps_before_round, mean_loss, metrics)
+        mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
+        summary = speed_metrics("train", start_time) | ({"train_loss": mean_loss} if fit_losses else {})
+        self.log(summary | metrics)
+        self._save_state()
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        return TrainOutput(self.state.global_step, mean_loss, metrics)
 
     def _seed_stream(self, seed: int) -> None:
         """
@@ -378,7 +378,8 @@ class BanelTrainer(Trainer):
         if args.threshold_type == "calibrated":
             negatives, calibration = hold_out_calibration(negatives, k, args.calibration_fraction, args.seed + k)
         name, proposal = region_adapter_name(k), self.posterior.proposal_adapter
-        warm_start = region_adapter_name(k - 1) if args.warm_start_negative_model and k > 0 else None
+        regions = self.posterior.regions  # warm start from the newest: the round before may have added no region
+        warm_start = regions[-1].adapter_name if args.warm_start_negative_model and regions else None
         if proposal != BASE_ADAPTER:
             warm_start = proposal  # Algorithm 2: p_phi_k starts from the distilled proposal that drew its negatives
         loss = self._fit_adapter(name, negatives, warm_start)
@@ -399,7 +400,7 @@ class BanelTrainer(Trainer):
             rate = args.first_region_rejection_rate if k == 0 else args.target_rejection_rate
             batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
             region.threshold = on_main_process(
-                self.accelerator, calibrated_threshold, self.posterior, region, batch, rate
+                self.accelerator, calibrated_threshold, self.posterior, region, batch, rate, args.learning_rate
             )
         return region, loss
 
@@ -412,25 +413,36 @@ class BanelTrainer(Trainer):
         """
         if name in self.model.peft_config and all(name not in r.adapter_names for r in self.posterior.regions):
             self.model.delete_adapter(name)  # initialised afresh: a fit that raised may have left it half-trained
-        self._ensure_adapter(name)
+        if name not in self.model.peft_config:
+            self.model.add_adapter(name, self.peft_config)
         if warm_start is not None:
             state = get_peft_model_state_dict(self.model, adapter_name=warm_start)
             set_peft_model_state_dict(self.model, state, adapter_name=name)
         self.model.set_adapter(name)  # only this adapter is trainable; p_theta and the regions stay frozen
+        if 0 < self.args.max_steps <= self.callback_handler.steps_before_fit:
+            return math.nan  # the run's `max_steps` are spent: the adapter stays at its start (the proposal's)
         self._fit_examples = examples
         self.optimizer, self.lr_scheduler = None, None  # new parameters every fit: new optimizer
         self.model_wrapped = self.model  # re-wrap so distributed wrappers see this fit's trainable parameters
-        history, num_train_epochs = self.state.log_history, self.args.num_train_epochs
-        self.args.num_train_epochs = epochs or num_train_epochs
+        # The fit's epochs. The run counts `max_steps` over all its fits and saves itself after each round: the fit
+        # has no step cap of its own and writes no Trainer checkpoint (a resume replays an unfinished fit).
+        settings = {"num_train_epochs": epochs or self.args.num_train_epochs, "max_steps": -1}
+        settings["save_strategy"] = SaveStrategy.NO
+        previous = {name: getattr(self.args, name) for name in settings}
+        history, handler = self.state.log_history, self.callback_handler
+        vars(self.args).update(settings)
+        handler.in_fit = True
         try:
             output = super().train()
         except BaseException:
             self.state.log_history = history  # without the failed fit's: a retry fits again
             raise
         finally:
-            self.args.num_train_epochs = num_train_epochs
+            handler.in_fit = False
+            vars(self.args).update(previous)
         self.state.log_history = history + self.state.log_history
-        self._fit_steps_before_round += self.state.global_step
+        handler.steps_before_fit += self.state.global_step
+        self.state.global_step = handler.steps_before_fit  # the run's steps, never going back between fits
         return output.training_loss
 
     def _reference_examples(self, k: int, num_examples: int) -> list[dict]:
@@ -439,12 +451,9 @@ class BanelTrainer(Trainer):
         A sample the ledger knows to be a success is left out, so no known success is trained on.
         """
         examples = self._posterior_samples(k + REFERENCE_SEED_OFFSET, num_examples, exclude_known_successes=True)
+        outcome = "the reference model is fit on those" if examples else f"region {k} is compared with p_theta"
         if len(examples) < num_examples:
-            outcome = "the reference model is fit on those" if examples else f"region {k} is compared with p_theta"
-            logger.warning(
-                f"Round {k}: only {len(examples)} of {num_examples} reference samples were accepted within "
-                f"{self.args.max_sampling_attempts} proposals each; {outcome}."
-            )
+            logger.warning(f"Round {k}: {len(examples)} of {num_examples} reference samples were accepted; {outcome}.")
         return examples
 
     def _distil(self, k: int) -> None:
@@ -469,12 +478,9 @@ class BanelTrainer(Trainer):
     def _posterior_samples(self, seed: int, num_samples: int, exclude_known_successes: bool = False) -> list[dict]:
         """Up to `num_samples` unevaluated samples of the posterior from `args.seed + seed`, on the main process."""
 
-        def is_known_success(example: dict, completion: str) -> bool:
-            return self.ledger.is_known_success(example["prompt"], completion)
-
         def sample():
             self._seed_stream(self.args.seed + seed)
-            exclude = is_known_success if exclude_known_successes else None
+            exclude = self.ledger.is_known_success if exclude_known_successes else None
             attempts, disable_tqdm = self.args.max_sampling_attempts, self.args.disable_tqdm
             return self.sampler.sample_accepted(num_samples, attempts, exclude=exclude, disable_tqdm=disable_tqdm)
 
@@ -501,48 +507,53 @@ class BanelTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Each fit is its own Trainer.train() call with steps from 0: offset them, one increasing step axis per run.
-        step = self.state.global_step
-        self.state.global_step = step + self._fit_steps_before_round
+        offset = self.callback_handler.steps_before_fit if self.callback_handler.in_fit else 0
+        self.state.global_step += offset
         try:
             super().log({**logs, "round": self._round}, start_time)
         finally:
-            self.state.global_step = step
+            self.state.global_step -= offset
 
     def _log_round(
         self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
     ) -> None:
-        metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, len(self.posterior.regions))
+        num_regions = len(self.posterior.regions)  # and the figures of the rewards, with what they logged
+        metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, num_regions, self.rewards)
         metrics["negatives"] = num_negatives
         if region is not None:  # a round that added no region has no fit to report
             metrics.update(negative_loss=fit_loss, threshold=region.threshold)
         self.log(metrics)
-        if self.args.should_save:  # the per-round figures `banel-trl report` plots, next to the ledger
-            self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
-        if self.args.log_completions:
-            for r in self.ledger.paid_in_round(k)[: self.args.num_completions_to_print]:
-                logger.info(
-                    f"round {k} | reward {r['reward']} | prompt {r['prompt']!r} | completion {r['completion']!r}"
-                )
+        self._save_state()
+        if self.args.log_completions and self.is_world_process_zero():
+            step, num_completions = self.state.global_step, self.args.num_completions_to_print
+            log_round_completions(self.ledger, k, self.rewards, step, num_completions)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, BanelCallback):
                 callback.on_round_end(self.args, self.state, self.control, trainer=self, metrics=metrics)
 
     def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """
-        Success rate of the posterior: `num_generations` accepted samples for every prompt of `eval_dataset` (or of
-        the trainer's `eval_dataset`). These reward calls measure the result: they are outside the training budget
-        and are not written to the ledger. With several processes, the main process samples and calls the rewards.
+        Success rate of the posterior: `num_generations_eval` accepted samples for every prompt of `eval_dataset` (or
+        of the trainer's; a dict of datasets is measured per name). These reward calls measure the result: they are
+        outside the training budget and are not written to the ledger. With several processes, the main process
+        samples and calls the rewards.
         """
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        check_dataset(dataset, "eval_dataset")
-        count = (self.sampler, self.rewards, dataset, self.state)
-        num_successes, num_samples = on_main_process(self.accelerator, count_successes, *count)
-        metrics = {
-            f"{metric_key_prefix}_success_rate": num_successes / num_samples,
-            f"{metric_key_prefix}_num_samples": num_samples,
-        }
+        dataset = prompt_dataset(
+            self.eval_dataset if eval_dataset is None else eval_dataset, "eval_dataset", named=True
+        )
+        if isinstance(dataset, dict):  # as `Trainer.evaluate`: each dataset's metrics under its name
+            named = [self.evaluate(data, ignore_keys, f"{metric_key_prefix}_{name}") for name, data in dataset.items()]
+            return {key: value for metrics in named for key, value in metrics.items()}
+        measure = dict(trainer_state=self.state, num_generations=self.args.num_generations_eval)
+        metrics = success_metrics(self.accelerator, self.sampler, self.rewards, dataset, metric_key_prefix, **measure)
         self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
+
+    def _save_state(self) -> None:
+        """The logged figures (per round, for `banel-trl report`), in `trainer_state.json` next to the ledger."""
+        if self.args.should_save:
+            self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """
@@ -570,26 +581,16 @@ class BanelTrainer(Trainer):
     ) -> None:
         """
         Write the model card `README.md` into `output_dir`, in TRL's style: the method and its paper, the reward
-        evaluations used, the successes and the success rate of every round, and the per-round plot
-        (`banel_report.png`). [`~transformers.Trainer.push_to_hub`] calls it before uploading `output_dir`.
-
-        Args:
-            model_name (`str`, *optional*):
-                Name of the model; defaults to the last part of `hub_model_id` or of `output_dir`.
-            dataset_name (`str`, *optional*):
-                Hub id of the prompts' dataset.
-            tags (`str` or `list[str]`, *optional*):
-                More tags for the card.
+        evaluations used, each round's successes and success rate, and the per-round plot (`banel_report.png`).
+        [`~transformers.Trainer.push_to_hub`] calls it before uploading. `model_name` defaults to the last part of
+        `hub_model_id` or `output_dir`; `dataset_name` is the prompts' Hub id; `tags` are added to the card's.
         """
         if not self.is_world_process_zero():
             return
-        hub_model_id = (
-            self.hub_model_id or self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-        )
         write_model_card(
             self.args.output_dir,
-            model_name=model_name or hub_model_id.split("/")[-1],
-            hub_model_id=hub_model_id,
+            model_name=model_name,
+            hub_model_id=self.hub_model_id or self.args.hub_model_id,
             dataset_name=dataset_name,
             tags=[tags] if isinstance(tags, str) else tags,
             max_reward_evaluations=self.args.max_reward_evaluations,

@@ -118,7 +118,9 @@ BOOL_FIELDS = ["trust_remote_code", "warm_start_negative_model", "length_normali
         (name, value)
         for name in INTEGER_FIELDS
         for value in (20.5, "20", True, None)
-        if (name, value) != ("num_rounds", None)
+        # These four default to None: derived from the others (or, for the last, all).
+        if value is not None
+        or name not in ("num_rounds", "samples_per_round", "generation_batch_size", "num_completions_to_print")
     ],
 )
 def test_counts_of_the_wrong_type_are_refused_naming_field_value_and_type(make_config, name, value):
@@ -182,19 +184,20 @@ def test_a_fractional_budget_in_yaml_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------- datasets
 
 
+NOT_A_DATASET = [
+    ([{"prompt": "a"}], "got a list: pass `Dataset.from_list(rows)`"),
+    (pd.DataFrame({"prompt": ["a"]}), "got a pandas DataFrame: pass `Dataset.from_pandas(df, preserve_index=False)`"),
+    ({"prompt": ["a"]}, "got a dict: pass `Dataset.from_dict("),
+]
+SPLITS = (DatasetDict(train=Dataset.from_dict({"prompt": ["a"]})), "of splits ['train']: pass one split, e.g. `")
+
+
+# `eval_dataset` takes a dict of datasets, as `Trainer.evaluate` does (tests/test_run_events.py); `train_dataset` not.
 @pytest.mark.parametrize(
-    "dataset, message",
-    [
-        ([{"prompt": "a"}], "got a list: pass `Dataset.from_list(rows)`"),
-        (
-            pd.DataFrame({"prompt": ["a"]}),
-            "got a pandas DataFrame: pass `Dataset.from_pandas(df, preserve_index=False)`",
-        ),
-        ({"prompt": ["a"]}, "got a dict: pass `Dataset.from_dict("),
-        (DatasetDict(train=Dataset.from_dict({"prompt": ["a"]})), "of splits ['train']: pass one split, e.g. `"),
-    ],
+    "name, dataset, message",
+    [(name, *case) for name in ("train_dataset", "eval_dataset") for case in NOT_A_DATASET]
+    + [("train_dataset", *SPLITS)],
 )
-@pytest.mark.parametrize("name", ["train_dataset", "eval_dataset"])
 def test_datasets_that_are_not_a_dataset_are_refused_with_the_call_that_makes_one(
     make_config, proposal, tokenizer, unconditional_dataset, dataset, message, name
 ):

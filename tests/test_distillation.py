@@ -94,11 +94,13 @@ class _FailAtDistillationStep(TrainerCallback):
     """Raises at the given step of the first distillation fit that reaches it (a crash in the middle of a fit)."""
 
     def __init__(self, trainer_ref, step):
-        self.trainer_ref, self.step = trainer_ref, step
+        self.trainer_ref, self.step, self.steps = trainer_ref, step, 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer_ref[0].model.active_adapter.startswith("proposal_") and state.global_step == self.step:
-            raise RuntimeError("killed during a distillation")
+        if self.trainer_ref[0].model.active_adapter.startswith("proposal_"):
+            self.steps += 1
+            if self.steps == self.step:
+                raise RuntimeError("killed during a distillation")
 
 
 def _final_state(output_dir):

@@ -51,7 +51,9 @@ class Paying:
     def __init__(self, hostile=None, bad_call=1, name="hostile"):
         self.hostile, self.bad_call, self.__name__, self.batches = hostile, bad_call, name, []
 
-    def __call__(self, prompts, completions, completion_ids, trainer_state=None, **columns):
+    def __call__(
+        self, prompts, completions, completion_ids, trainer_state=None, log_extra=None, log_metric=None, **columns
+    ):
         batch = [
             dict(prompt=copy.deepcopy(p), completion=text_of(c), completion_ids=list(ids))
             for p, c, ids in zip(prompts, completions, completion_ids, strict=True)

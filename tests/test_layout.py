@@ -27,6 +27,7 @@ LAYERS = {
     "rewards": 1,
     "data": 1,
     "config": 1,
+    "config_checks": 1,
     "models": 1,
     "distributed": 1,
     "callbacks": 1,

@@ -563,7 +563,7 @@ def test_acceptance_collapse_ends_the_run_with_the_acceptance_figures(
     # 64), and no round after it.
     assert trainer.ledger.round_ends[1] == {"budget": 20, "proposed": 64, "accepted": 0, "repeats": 0, "evaluated": 0}
     assert trainer.num_reward_evaluations == 20 and len(trainer.posterior.regions) == 2
-    assert "only 0 of 20 reference samples" in caplog.text
+    assert "0 of 20 reference samples were accepted" in caplog.text
     assert trainer.posterior.regions[1].reference_adapter == "__base__"
 
 
@@ -624,12 +624,12 @@ def test_bad_data_and_tokenizers_are_refused_at_construction(make_proposal, toke
             eval_dataset=Dataset.from_dict({"question": ["a"]}),
             processing_class=tokenizer,
         )
-    with pytest.raises(ValueError, match="map-style Dataset"):
+    with pytest.raises(ValueError, match="`train_dataset` must have a 'prompt' column"):  # streaming: read, checked
         BanelTrainer(
             make_proposal(),
             starts_with_b,
             args=args,
-            train_dataset=Dataset.from_dict({"prompt": ["a"]}).to_iterable_dataset(),
+            train_dataset=Dataset.from_dict({"question": ["a"]}).to_iterable_dataset(),
             processing_class=tokenizer,
         )
 

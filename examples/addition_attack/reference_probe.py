@@ -57,7 +57,7 @@ def fit_adapter(
     seed: int = 0,
 ) -> None:
     torch.manual_seed(seed)
-    model.add_adapter(name, default_peft_config())
+    model.add_adapter(name, default_peft_config(model))
     model.set_adapter(name)
     parameters = [p for n, p in model.named_parameters() if f".{name}." in n]
     for parameter in parameters:
