@@ -5,11 +5,13 @@ import logging
 import math
 import statistics
 
+from accelerate import Accelerator
 from transformers.utils import is_rich_available
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import print_prompt_completions_sample
 
 from .config import BanelConfig
+from .distributed import gather_to_all, on_main_process
 from .ledger import RewardLedger, RoundReplay, sample_key
 from .posterior import acceptance_too_low
 from .rewards import RewardEvaluator, RewardFunctionError
@@ -25,16 +27,22 @@ class RoundCollector:
     the round's share of the hard budget is spent: accepted candidates already paid for are recorded as free repeats,
     rejected ones cost nothing. Every evaluation is written to the ledger before it counts.
 
+    With several processes, every process proposes and scores its own batches, from its own stream; the main process
+    gathers them in rank order and alone pays, writes the ledger and decides when the round ends.
+
     Args:
         sampler ([`CandidateSampler`]):
-            Draws the posterior's candidates; restarted from the round's seed before [`~RoundCollector.collect`].
+            Draws the posterior's candidates; restarted from the round's seed (and rank) before
+            [`~RoundCollector.collect`].
         ledger ([`RewardLedger`]):
-            The run's ledger, written to.
+            The run's ledger, written to by the main process.
         rewards ([`RewardEvaluator`]):
             The run's reward functions.
         args ([`BanelConfig`]):
             The run's `samples_per_round` (NREs of a round), `max_reward_evaluations` (the hard budget: no round pays
             beyond it) and `max_sampling_attempts` (proposals per evaluation after which a round ends early).
+        accelerator ([`~accelerate.Accelerator`], *optional*):
+            The processes that propose; one when `None`.
     """
 
     def __init__(
@@ -43,6 +51,7 @@ class RoundCollector:
         ledger: RewardLedger,
         rewards: RewardEvaluator,
         args: BanelConfig,
+        accelerator: Accelerator | None = None,
     ):
         self.sampler = sampler
         self.ledger = ledger
@@ -51,10 +60,12 @@ class RoundCollector:
         self.max_reward_evaluations = args.max_reward_evaluations
         self.max_sampling_attempts = args.max_sampling_attempts
         self.disable_tqdm = args.disable_tqdm
+        self.accelerator = accelerator
 
     def collect(self, k: int, trainer_state=None) -> dict:
         """
-        Sample and pay round `k`; returns its figures (`budget`, `proposed`, `accepted`, `repeats`, `evaluated`).
+        Sample and pay round `k`; returns its figures (`budget`, `proposed`, `accepted`, `repeats`, `evaluated`) on
+        every process.
 
         The sampler starts from the round's seed, so a round interrupted by a crash draws the same candidates again
         when the run resumes: the evaluations and repeats it had recorded are met again, in order, and reused instead
@@ -63,35 +74,55 @@ class RoundCollector:
         first evaluation on stays in `rewards.logs` for [`round_metrics`] and [`log_round_completions`], until the
         next round is sampled: logs left from before (the previous round's, a batch that raised) are dropped.
         """
-        ledger = self.ledger
-        if k in ledger.round_ends:
-            return ledger.round_ends[k]
+        if k in self.ledger.round_ends:
+            return self.ledger.round_ends[k]
+        on_main_process(self.accelerator, self._start, k)
+        while on_main_process(self.accelerator, self._goes_on):
+            examples, proposal = self.sampler.propose_batch()  # on every process, from its own stream
+            batch = [(len(examples), int(proposal.accepted.sum()), self.sampler.accepted(examples, proposal))]
+            on_main_process(self.accelerator, self._pay, k, gather_to_all(self.accelerator, batch), trainer_state)
+        return on_main_process(self.accelerator, self._end, k)
+
+    def _start(self, k: int) -> None:
+        """The round's budget, what it recorded before an interruption, and its figures (on the main process)."""
         self.rewards.pop_logs()
-        paid_before = sum(1 for r in ledger.records if r["round"] < k)
-        budget = min(self.samples_per_round, self.max_reward_evaluations - paid_before)
-        replay = ledger.replay(k)  # written before an interruption: met again, not paid again
-        stats = {"budget": budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
-        max_proposed = self.max_sampling_attempts * max(budget, 1)
-        progress = tqdm(total=budget, desc=f"Round {k} evaluations", leave=False, disable=self.disable_tqdm)
-        while stats["evaluated"] < budget and stats["proposed"] < max_proposed:
-            if acceptance_too_low(stats["evaluated"], stats["proposed"], self.max_sampling_attempts):
-                break  # new candidates come at under 1 in max_sampling_attempts proposals: give up early
-            examples, proposal = self.sampler.propose_batch()
-            stats["proposed"] += len(examples)
-            stats["accepted"] += int(proposal.accepted.sum())
-            accepted = [
-                (*candidate, ledger.lookup(candidate[0]["prompt"], candidate[2]))
-                for candidate in self.sampler.accepted(examples, proposal)
-            ]
-            counted, to_pay, abandoned = self._select_to_pay(k, accepted, replay, budget - stats["evaluated"])
-            if to_pay:
-                self._evaluate_and_record(k, to_pay, trainer_state)
-            stats["evaluated"] += abandoned + len(counted)
-            stats["repeats"] += self._record_repeats(k, accepted, counted, replay)
-            progress.update(min(stats["evaluated"], budget) - progress.n)
-            progress.set_postfix(acceptance=f"{stats['accepted'] / stats['proposed']:.2e}", refresh=False)
-        progress.close()
-        stats["evaluated"] += replay.abandon()  # recorded before the interruption, not met again: still this round's
+        paid_before = sum(1 for r in self.ledger.records if r["round"] < k)
+        self.budget = min(self.samples_per_round, self.max_reward_evaluations - paid_before)
+        self.replay = self.ledger.replay(k)  # written before an interruption: met again, not paid again
+        self.stats = {"budget": self.budget, "proposed": 0, "accepted": 0, "repeats": 0, "evaluated": 0}
+        self.progress = tqdm(total=self.budget, desc=f"Round {k} evaluations", leave=False, disable=self.disable_tqdm)
+
+    def _goes_on(self) -> bool:
+        """Whether the round samples another batch: its budget is not spent, and the posterior still accepts enough."""
+        stats = self.stats
+        if stats["evaluated"] >= self.budget or stats["proposed"] >= self.max_sampling_attempts * max(self.budget, 1):
+            return False
+        # New candidates come at under 1 in max_sampling_attempts proposals: give up early.
+        return not acceptance_too_low(stats["evaluated"], stats["proposed"], self.max_sampling_attempts)
+
+    def _pay(self, k: int, batches: list[tuple[int, int, list]], trainer_state) -> None:
+        """Pay for the never-seen candidates the processes accepted (`batches`, in rank order), within the budget."""
+        stats = self.stats
+        stats["proposed"] += sum(num_proposed for num_proposed, _, _ in batches)
+        stats["accepted"] += sum(num_accepted for _, num_accepted, _ in batches)
+        accepted = [
+            (*candidate, self.ledger.lookup(candidate[0]["prompt"], candidate[2]))
+            for _, _, candidates in batches
+            for candidate in candidates
+        ]
+        counted, to_pay, abandoned = self._select_to_pay(k, accepted, self.replay, self.budget - stats["evaluated"])
+        if to_pay:
+            self._evaluate_and_record(k, to_pay, trainer_state)
+        stats["evaluated"] += abandoned + len(counted)
+        stats["repeats"] += self._record_repeats(k, accepted, counted, self.replay)
+        self.progress.update(min(stats["evaluated"], self.budget) - self.progress.n)
+        self.progress.set_postfix(acceptance=f"{stats['accepted'] / stats['proposed']:.2e}", refresh=False)
+
+    def _end(self, k: int) -> dict:
+        """Close the round in the ledger with its figures, warning when it could not spend its budget."""
+        stats, budget = self.stats, self.budget
+        self.progress.close()
+        stats["evaluated"] += self.replay.abandon()  # recorded before the interruption, not met again: still its own
         if stats["evaluated"] < budget:
             logger.warning(
                 f"Round {k}: the posterior accepted {stats['accepted']} of {stats['proposed']} candidates "
@@ -100,8 +131,8 @@ class RoundCollector:
                 f"within {self.max_sampling_attempts} proposals per evaluation. Ending the round early. If acceptance "
                 "is low, lower `target_rejection_rate` or raise `max_sampling_attempts`."
             )
-        ledger.end_round(k, stats)
-        check_reward_scale(ledger, k, self.rewards)
+        self.ledger.end_round(k, stats)
+        check_reward_scale(self.ledger, k, self.rewards)
         return stats
 
     def _select_to_pay(

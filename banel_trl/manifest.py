@@ -29,7 +29,7 @@ FORCE = "force"  # `train(resume_from_checkpoint=FORCE)`: resume although the se
 # The settings that decide what a run samples, pays for and fits: a resume that changes one is not the same run.
 # `max_sampling_attempts`, `num_rounds`, logging and saving may change; the budget may go up.
 # Settings recorded since they were added, with the value every run recorded before then had.
-SETTINGS_RECORDED_LATER = {"shuffle_dataset": True, "disable_dropout": False}
+SETTINGS_RECORDED_LATER = {"shuffle_dataset": True, "disable_dropout": False, "world_size": 1}
 RECORDED_SETTINGS = (
     "seed",
     "samples_per_round",
@@ -62,6 +62,7 @@ RECORDED_SETTINGS = (
     "keep_distilled_regions",
     "shuffle_dataset",
     "disable_dropout",
+    "world_size",  # each process samples its own stream: another number of processes draws other candidates
     "num_train_epochs",
     "max_steps",
     "learning_rate",

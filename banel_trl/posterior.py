@@ -191,18 +191,21 @@ class BanelPosterior:
         self.regions.append(region)
 
     def restore(
-        self, regions: list[RejectionRegion], weights: dict, proposal: str | None, peft_config: PeftConfig
+        self, regions: list[RejectionRegion], weights: list[dict], proposal: tuple | None, peft_config: PeftConfig
     ) -> None:
         """
-        Put back what a run saved: each adapter's `weights` (by name; one the model lacks is added with
-        `peft_config`), then the `regions` and the distilled `proposal` adapter to sample from (`None`: `p_theta`).
+        Put back what a run saved: the adapters' `weights` (one dict by adapter name per region; an adapter the model
+        lacks is added with `peft_config`), the `regions`, and the distilled `proposal` `(name, weights)` to sample
+        from (`None`: `p_theta`).
         """
-        for name, adapter_weights in weights.items():
+        adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
+        adapters.update([proposal] if proposal is not None else [])
+        for name, adapter_weights in adapters.items():
             if name not in self.model.peft_config:
                 self.model.add_adapter(name, peft_config)
             set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
         self.regions.extend(regions)
-        self.proposal_adapter = proposal or self.proposal_adapter
+        self.proposal_adapter = proposal[0] if proposal is not None else self.proposal_adapter
 
     @torch.no_grad()
     def log_ratios(

@@ -31,7 +31,7 @@ from .collect import (
 )
 from .config import BanelConfig
 from .data import NegativesCollator, prompt_dataset
-from .distributed import on_main_process
+from .distributed import gather_to_all, on_main_process, rank_share
 from .evaluation import success_metrics
 from .hub import PAPER, TAGS, write_model_card
 from .ledger import RewardLedger
@@ -55,8 +55,10 @@ from .thresholds import calibrated_threshold, hold_out_calibration
 
 logger = logging.getLogger(__name__)
 
+RANK_SEED_OFFSET = 3_000_017  # process r samples from the round's seed + r * this (process 0: the round's seed)
 REFERENCE_SEED_OFFSET = 1_000_003  # reference samples of round k come from their own stream, not round k's
 DISTILLATION_SEED_OFFSET = 2_000_003  # and so do the samples round k's posterior is distilled from
+EVALUATION_SEED_OFFSET = 4_000_037  # and `evaluate`'s
 
 
 class BanelTrainer(Trainer):
@@ -276,9 +278,7 @@ class BanelTrainer(Trainer):
         if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
             self._save_posterior()  # this process's save failed before: save again what it fit
         # A new process: the saved regions' adapters, and the proposal distilled after the last saved round.
-        adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
-        adapters.update([proposal] if proposal is not None else [])
-        self.posterior.restore(regions if weights else [], adapters, proposal and proposal[0], self.peft_config)
+        self.posterior.restore(regions if weights else [], weights, proposal, self.peft_config)
         if len(self.ledger) or regions:
             logger.warning(
                 f"Resuming run in {self.args.output_dir}: {len(self.ledger)} paid evaluations, "
@@ -344,24 +344,23 @@ class BanelTrainer(Trainer):
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         return TrainOutput(self.state.global_step, mean_loss, metrics)
 
-    def _seed_stream(self, seed: int) -> None:
+    def _seed_stream(self, seed: int, own_stream: bool = False) -> None:
         """
         Seed torch and the prompt stream: round `k` (its sampling, and again its fit) from `args.seed + k` alone, so
-        that a resumed run draws what the uninterrupted run would have; its side samples from offsets of it.
+        that a resumed run draws what the uninterrupted run would have; its side samples from offsets of it. With
+        `own_stream`, each process samples from its own seed (the main process's is the single-process one).
         """
+        seed += RANK_SEED_OFFSET * self.accelerator.process_index if own_stream else 0
         set_seed(seed, deterministic=self.args.full_determinism)
         self.sampler.restart(self.train_dataset, seed)
 
     def _collect_round(self, k: int) -> dict:
-        """Steps 1-2 of round `k` on the main process; the other processes receive the lines it added to the ledger."""
-
-        def collect():
-            num_lines = len(self.ledger.lines)
-            self._seed_stream(self.args.seed + k)
-            stats = RoundCollector(self.sampler, self.ledger, self.rewards, self.args).collect(k, self.state)
-            return stats, self.ledger.lines[num_lines:]
-
-        stats, lines = on_main_process(self.accelerator, collect)
+        """Steps 1-2 of round `k`: every process proposes, the main one pays and sends the others its ledger lines."""
+        num_lines = len(self.ledger.lines)
+        self._seed_stream(self.args.seed + k, own_stream=True)
+        collector = RoundCollector(self.sampler, self.ledger, self.rewards, self.args, self.accelerator)
+        stats = collector.collect(k, self.state)
+        lines = on_main_process(self.accelerator, lambda: self.ledger.lines[num_lines:])
         if not self.accelerator.is_main_process:
             self.ledger.extend(lines)
         return stats
@@ -476,15 +475,16 @@ class BanelTrainer(Trainer):
         self.posterior.proposal_adapter = name
 
     def _posterior_samples(self, seed: int, num_samples: int, exclude_known_successes: bool = False) -> list[dict]:
-        """Up to `num_samples` unevaluated samples of the posterior from `args.seed + seed`, on the main process."""
-
-        def sample():
-            self._seed_stream(self.args.seed + seed)
-            exclude = self.ledger.is_known_success if exclude_known_successes else None
-            attempts, disable_tqdm = self.args.max_sampling_attempts, self.args.disable_tqdm
-            return self.sampler.sample_accepted(num_samples, attempts, exclude=exclude, disable_tqdm=disable_tqdm)
-
-        samples = on_main_process(self.accelerator, sample)
+        """
+        Up to `num_samples` unevaluated samples of the posterior from `args.seed + seed`: each process draws its share
+        from its own stream, and every process gets them all, in rank order.
+        """
+        self._seed_stream(self.args.seed + seed, own_stream=True)
+        exclude = self.ledger.is_known_success if exclude_known_successes else None
+        share = rank_share(self.accelerator, num_samples)
+        disable_tqdm = self.args.disable_tqdm or not self.accelerator.is_local_main_process
+        samples = self.sampler.sample_accepted(share, self.args.max_sampling_attempts, exclude, disable_tqdm)
+        samples = gather_to_all(self.accelerator, samples)[:num_samples]
         return [{"prompt_ids": self.sampler.prompt_ids(prompt), "completion_ids": ids} for prompt, ids in samples]
 
     # ------------------------------------------------------------------ Trainer hooks
@@ -544,6 +544,7 @@ class BanelTrainer(Trainer):
         if isinstance(dataset, dict):  # as `Trainer.evaluate`: each dataset's metrics under its name
             named = [self.evaluate(data, ignore_keys, f"{metric_key_prefix}_{name}") for name, data in dataset.items()]
             return {key: value for metrics in named for key, value in metrics.items()}
+        self._seed_stream(self.args.seed + EVALUATION_SEED_OFFSET, own_stream=True)  # each process its own samples
         measure = dict(trainer_state=self.state, num_generations=self.args.num_generations_eval)
         metrics = success_metrics(self.accelerator, self.sampler, self.rewards, dataset, metric_key_prefix, **measure)
         self.log(metrics)

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 
 from banel_trl import BanelPosterior, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, RewardLedger, sample_key
+from banel_trl.manifest import RunFolderError
 from banel_trl.regions import POSTERIOR_CONFIG_NAME, read_regions
 from banel_trl.report import read_run
 from banel_trl.testing import CHAT_TEMPLATE, SPECIAL_TOKENS, character_tokenizer, starts_with_b
@@ -398,3 +399,12 @@ def test_the_report_keeps_the_rounds_of_an_interrupted_process(new_trainer, make
     with open(os.path.join(args.output_dir, "trainer_state.json")) as file:
         logged = [e["round"] for e in json.load(file)["log_history"] if "acceptance_rate" in e]
     assert logged == [0, 1]
+
+
+def test_a_resume_with_another_number_of_processes_is_refused_naming_it(new_trainer, make_config, monkeypatch):
+    # Each process samples its own stream: with another number of processes a round would draw other candidates.
+    args = make_config(max_reward_evaluations=100, samples_per_round=50, num_train_epochs=1, num_rounds=1)
+    new_trainer(args).train()
+    monkeypatch.setattr(type(args), "world_size", property(lambda self: 2))
+    with pytest.raises(RunFolderError, match="world_size: 1 in the run, 2 now"):
+        new_trainer(args).train()

@@ -1,15 +1,17 @@
 """
 BaNEL on two processes, launched by tests/test_multiprocess.py as
-`accelerate launch --num_processes 2 --cpu tests/scripts/multiprocess_run.py OUTPUT_DIR`.
+`accelerate launch --multi_gpu --num_processes 2 tests/scripts/multiprocess_run.py OUTPUT_DIR` (a gloo group).
 
-A first trainer runs two of the three rounds; a second one, on the same `output_dir`, resumes and runs the third. Each
-rank logs the reward calls it makes and writes what it ended with (regions, adapter weights' checksums, evaluations) to
-`OUTPUT_DIR/rank{N}.json`, for the test to compare.
+A run of three rounds in `OUTPUT_DIR/run`: it resumes whatever a killed launch left there. With `KILL_AT=n` in the
+environment, the main process kills itself (SIGKILL) when its reward function is called with `n` or more evaluations
+already paid. Each rank logs the reward calls it makes and writes what it ended with (regions, adapter weights'
+checksums, evaluations, batches it proposed) to `OUTPUT_DIR/rank{N}.json`, for the test to compare.
 """
 
 import hashlib
 import json
 import os
+import signal
 import sys
 
 import torch
@@ -26,8 +28,12 @@ rank = int(os.environ["RANK"])
 
 
 def logged_reward(prompts, completions, **kwargs):
-    """The reward, logging every sample it is paid for to this rank's file."""
-    with open(os.path.join(output_dir, f"calls{rank}.jsonl"), "a") as file:
+    """The reward, logging every sample it is paid for to this rank's file (or killing the process: `KILL_AT`)."""
+    calls = os.path.join(output_dir, f"calls{rank}.jsonl")
+    paid = sum(1 for _ in open(calls)) if os.path.exists(calls) else 0
+    if paid >= int(os.environ.get("KILL_AT", sys.maxsize)):
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(calls, "a") as file:
         file.writelines(
             json.dumps([prompt, completion]) + "\n" for prompt, completion in zip(prompts, completions, strict=True)
         )
@@ -47,8 +53,8 @@ def run(num_rounds):
         samples_per_round=20,
         num_rounds=num_rounds,
         max_completion_length=7,
-        num_generations=16,
-        generation_batch_size=32,
+        num_generations=4,
+        generation_batch_size=8,  # each rank proposes 8 a batch: several reward calls a round
         num_train_epochs=2,
         per_device_train_batch_size=4,
         use_cpu=True,
@@ -63,11 +69,17 @@ def run(num_rounds):
     trainer = BanelTrainer(
         model, logged_reward, args=args, train_dataset=Dataset.from_dict({"prompt": [""]}), processing_class=tokenizer
     )
+    propose_batch, trainer.proposed_batches = trainer.sampler.propose_batch, 0
+
+    def counted_propose_batch():
+        trainer.proposed_batches += 1
+        return propose_batch()
+
+    trainer.sampler.propose_batch = counted_propose_batch
     trainer.train()
     return trainer
 
 
-run(num_rounds=2)
 trainer = run(num_rounds=3)
 weights = {
     region.adapter_name: hashlib.sha256(
@@ -85,6 +97,7 @@ result = {
     "weights": weights,
     "num_reward_evaluations": trainer.num_reward_evaluations,
     "successes": [record["completion"] for record in trainer.successes],
+    "proposed_batches": trainer.proposed_batches,
 }
 with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as file:
     json.dump(result, file)
