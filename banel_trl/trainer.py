@@ -295,8 +295,8 @@ class BanelTrainer(Trainer):
         sampling and fit settings) is refused, naming every difference; `resume_from_checkpoint="force"` resumes with
         the new settings. Other values of `resume_from_checkpoint` are accepted for Trainer scripts, without effect.
 
-        With several processes (`accelerate launch`), the main process samples, pays for the rewards and writes the
-        ledger; every process receives the results, and the negative models are fit data-parallel.
+        With several processes (`accelerate launch`), every process samples its share; the main process alone pays
+        for the rewards and writes the ledger, every process receives the results, and the fits are data-parallel.
         """
         args = self.args
         fit_losses, start_time = [], time.time()
@@ -535,8 +535,8 @@ class BanelTrainer(Trainer):
         """
         Success rate of the posterior: `num_generations_eval` accepted samples for every prompt of `eval_dataset` (or
         of the trainer's; a dict of datasets is measured per name). These reward calls measure the result: they are
-        outside the training budget and are not written to the ledger. With several processes, the main process
-        samples and calls the rewards.
+        outside the training budget and are not written to the ledger. With several processes, each one samples its
+        share of the prompts and the main process calls the rewards.
         """
         dataset = prompt_dataset(
             self.eval_dataset if eval_dataset is None else eval_dataset, "eval_dataset", named=True
