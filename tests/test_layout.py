@@ -17,6 +17,7 @@ LAYERS = {
     "evaluation": 2,
     "sampling": 2,
     "thresholds": 2,
+    "fits": 2,
     "hub": 2,
     "report": 2,
     "tasks": 2,
