@@ -39,7 +39,7 @@ from banel_trl.testing import (
 SKIPPED = {
     "test_train_loss_types": "GRPO loss types (bnpo, dr_grpo, dapo, ...) and Liger: BaNEL's fits are maximum likelihood.",
     "test_iterable_dataset_requires_dispatch_batches_false": "GRPO shards its prompt DataLoader; BaNEL draws prompts "
-    "itself on the main process.",
+    "itself, each process from its own seeded stream.",
     "test_iterable_dataset_forces_num_workers_zero": "GRPO's prompt DataLoader workers; BaNEL reads no prompt through "
     "a DataLoader.",
     "test_iterable_eval_keeps_map_style_train_workers": "GRPO's eval DataLoader; BaNEL's evaluate samples itself.",
