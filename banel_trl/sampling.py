@@ -124,14 +124,14 @@ class CandidateSampler:
                 self.check_prompt_lengths(
                     {f"{name}[{key!r}]": d for key, d in dataset.items()}, max_completion_length, context
                 )
-                continue
-            longest = 0 if dataset is None else self.longest_prompt(dataset)
-            if context is not None and longest + max_completion_length > context:
-                raise ValueError(
-                    f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
-                    f"{max_completion_length}, that exceeds the model's context of {context} tokens. Shorten or "
-                    "filter the prompts, or lower `max_completion_length`."
-                )
+            elif dataset is not None and context is not None:
+                longest = self.longest_prompt(dataset)
+                if longest + max_completion_length > context:
+                    raise ValueError(
+                        f"The longest prompt of `{name}` has {longest} tokens: with `max_completion_length`="
+                        f"{max_completion_length}, that exceeds the model's context of {context} tokens. Shorten or "
+                        "filter the prompts, or lower `max_completion_length`."
+                    )
 
     def longest_prompt(self, dataset: Dataset) -> int:
         """Tokens in the longest prompt of `dataset`, tokenising in chunks the prompts not cached yet."""
