@@ -128,11 +128,18 @@ def decode_completions(
     return texts
 
 
-def pad_prompts(prompt_ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad prompts for generation; returns `(input_ids, attention_mask)`."""
+def pad_prompts(
+    prompt_ids: list[list[int]], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts (to a multiple of `pad_to_multiple_of` tokens when set); returns `(input_ids, attention_mask)`."""
     tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
-    input_ids = pad(tensors, padding_value=pad_token_id, padding_side="left")
-    attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left")
+    input_ids = pad(tensors, padding_value=pad_token_id, padding_side="left", pad_to_multiple_of=pad_to_multiple_of)
+    attention_mask = pad(
+        [torch.ones_like(t) for t in tensors],
+        padding_value=0,
+        padding_side="left",
+        pad_to_multiple_of=pad_to_multiple_of,
+    )
     return input_ids, attention_mask
 
 
@@ -148,15 +155,16 @@ class NegativesCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        prompts = [torch.tensor(e["prompt_ids"], dtype=torch.long) for e in examples]
+        prompt_ids, prompt_mask = pad_prompts(
+            [e["prompt_ids"] for e in examples], self.pad_token_id, self.pad_to_multiple_of
+        )
         completions = [torch.tensor(e["completion_ids"], dtype=torch.long) for e in examples]
-
-        def padded(tensors, value, side):
-            return pad(tensors, padding_value=value, padding_side=side, pad_to_multiple_of=self.pad_to_multiple_of)
-
+        multiple = self.pad_to_multiple_of
         return {
-            "prompt_ids": padded(prompts, self.pad_token_id, "left"),
-            "prompt_mask": padded([torch.ones_like(p) for p in prompts], 0, "left"),
-            "completion_ids": padded(completions, self.pad_token_id, "right"),
-            "completion_mask": padded([torch.ones_like(c) for c in completions], 0, "right"),
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": pad(completions, padding_value=self.pad_token_id, pad_to_multiple_of=multiple),
+            "completion_mask": pad(
+                [torch.ones_like(c) for c in completions], padding_value=0, pad_to_multiple_of=multiple
+            ),
         }

@@ -198,12 +198,7 @@ class CandidateSampler:
         return [[t for t in row.tolist() if t != pad_token_id] for row in sequences[:, input_ids.size(1) :]]
 
     def _pad(self, examples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, attention_mask = pad_prompts(
-            [self.prompt_ids(example["prompt"]) for example in examples], self.tokenizer.pad_token_id
-        )
-        if self.pad_to_multiple_of is not None:
-            extra = -input_ids.size(1) % self.pad_to_multiple_of
-            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=self.tokenizer.pad_token_id)
-            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        prompt_ids = [self.prompt_ids(example["prompt"]) for example in examples]
+        input_ids, attention_mask = pad_prompts(prompt_ids, self.tokenizer.pad_token_id, self.pad_to_multiple_of)
         device = self.posterior.model.device
         return input_ids.to(device), attention_mask.to(device)
