@@ -40,8 +40,8 @@ def _remove_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
 
 def _drop_grpo_only_options(arguments: list[str]) -> list[str]:
     """
-    `arguments` without the options that are GRPOConfig fields BaNEL has no use for (`beta`, `loss_type`, `use_vllm`,
-    ...) and their values, with one warning that names them all: a GRPO YAML config runs as it is.
+    `arguments` without the options that are GRPOConfig fields BaNEL has no use for (`beta`, `loss_type`,
+    `vllm_enable_sleep_mode`, ...) and their values, with one warning that names them all: a GRPO YAML config runs as it is.
     """
     grpo_only = {f.name for f in dataclasses.fields(GRPOConfig)} - {f.name for f in dataclasses.fields(BanelConfig)}
     kept, dropped, i = [], [], 0
@@ -57,7 +57,7 @@ def _drop_grpo_only_options(arguments: list[str]) -> list[str]:
     if dropped:
         logger.warning(
             f"Ignoring GRPO-only settings that BaNEL has no use for: {', '.join(dropped)}. BaNEL fits its negative "
-            "models by maximum likelihood and samples with transformers' generate (docs/migrating_from_grpo.md)."
+            "models by maximum likelihood and scores every sample with transformers (docs/migrating_from_grpo.md)."
         )
     return kept
 

@@ -17,6 +17,7 @@ from .config_checks import (
     type_error,
     warn_about_checkpoints,
 )
+from .vllm_generation import VLLMArguments
 
 
 THRESHOLD_TYPES = ("calibrated", "filter_factor")
@@ -39,7 +40,7 @@ POSITIVE_INTS = (
 
 
 @dataclass
-class BanelConfig(TrainingArguments):
+class BanelConfig(VLLMArguments, TrainingArguments):
     r"""
     Configuration class for the [`BanelTrainer`].
 
@@ -130,6 +131,10 @@ class BanelConfig(TrainingArguments):
             than one in this many, the round ends early (or `generate` raises) with the acceptance rate. Keep it well
             above `1 / acceptance`, the mean cost of an accepted sample, which the rejection rates set (see
             `samples_per_round`).
+        use_vllm, vllm_mode, vllm_model_impl, vllm_server_*, vllm_group_port, vllm_gpu_memory_utilization,
+        vllm_max_model_length, vllm_tensor_parallel_size:
+            As in [`~trl.GRPOConfig`]: vLLM draws the candidates, the regions score them with transformers (see
+            [`VLLMArguments`]). `generation_kwargs` are then vLLM `SamplingParams`, as in GRPO.
 
         > Negative models and rejection regions
 
@@ -358,7 +363,10 @@ class BanelConfig(TrainingArguments):
     )
     generation_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Extra keyword arguments for transformers.GenerationConfig; they override the above."},
+        metadata={
+            "help": "Extra keyword arguments for transformers.GenerationConfig (vLLM's SamplingParams with use_vllm); "
+            "they override the above."
+        },
     )
     chat_template_kwargs: dict | str | None = field(
         default=None,
@@ -520,6 +528,7 @@ class BanelConfig(TrainingArguments):
         if self.threshold_type not in THRESHOLD_TYPES:
             raise ValueError(f"`threshold_type` must be one of {THRESHOLD_TYPES}, got {self.threshold_type!r}.")
         self._check_distillation()
+        self.check_vllm_arguments()
         if self.first_region_rejection_rate is None:
             self.first_region_rejection_rate = self.target_rejection_rate
         for name in ("target_rejection_rate", "first_region_rejection_rate", "calibration_fraction"):
@@ -548,7 +557,7 @@ class BanelConfig(TrainingArguments):
         Refuse a value of the wrong type for a number or flag of BanelConfig (the fields this class declares), naming
         the field, the value and its type, before a comparison fails with a `TypeError` or a wrong value is used.
         """
-        for name, annotation in BanelConfig.__annotations__.items():
+        for name, annotation in {**VLLMArguments.__annotations__, **BanelConfig.__annotations__}.items():
             kinds = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
             value = getattr(self, name)
             if (value is None and type(None) in kinds) or (isinstance(value, str) and str in kinds):

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -144,6 +144,10 @@ class BanelPosterior:
             The LoRA adapter that proposes candidates; `BASE_ADAPTER` is `p_theta`.
         keep_distilled_regions (`bool`, *optional*, defaults to `False`):
             Reject with every region, also those fit on samples of an earlier proposal.
+        proposal_sampler (`Callable`, *optional*):
+            Draws the candidates instead of the model's `generate`: `proposal_sampler(adapter, input_ids, attention_mask)`
+            returns right-padded completion ids, one per row, sampled from the proposal `adapter` (active while it
+            runs). [`VLLMSampler`] is one.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class BanelPosterior:
         disable_tqdm: bool = False,
         proposal_adapter: str = BASE_ADAPTER,
         keep_distilled_regions: bool = False,
+        proposal_sampler: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ):
         self.model = model
         self.regions = list(regions or [])
@@ -169,6 +174,7 @@ class BanelPosterior:
         self.disable_tqdm = disable_tqdm
         self.proposal_adapter = proposal_adapter
         self.keep_distilled_regions = keep_distilled_regions
+        self.proposal_sampler = proposal_sampler
 
     @property
     def active_regions(self) -> list[RejectionRegion]:
@@ -368,13 +374,14 @@ class BanelPosterior:
         forward pass.
         They come from the KV-cached decoding path, which in float32 differs from the scoring pass by float rounding
         (at most 8e-6 nats on 4,096 addition-attack candidates); in half precision the two paths differ far more, so
-        such models are always scored afresh.
+        such models are always scored afresh, as are the candidates of a `proposal_sampler` (vLLM).
         """
         output_embeddings = self.model.get_output_embeddings().weight
         max_new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
         num_logits = input_ids.size(0) * max_new_tokens * output_embeddings.size(0)
         keep_logits = (
-            bool(self.active_regions)
+            self.proposal_sampler is None
+            and bool(self.active_regions)
             and output_embeddings.dtype == torch.float32
             and (num_logits <= MAX_GENERATION_LOGITS)
         )
@@ -384,12 +391,15 @@ class BanelPosterior:
         self.model.eval()
         try:
             with self._only_adapter(self.proposal_adapter):
-                output = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-                )
+                if self.proposal_sampler is not None:
+                    completion_ids = self.proposal_sampler(self.proposal_adapter, input_ids, attention_mask)
+                else:
+                    output = self.model.generate(
+                        input_ids=input_ids, attention_mask=attention_mask, generation_config=config
+                    )
+                    completion_ids = output.sequences[:, input_ids.size(1) :]
         finally:
             self.model.train(was_training)
-        completion_ids = output.sequences[:, input_ids.size(1) :]
         eos = generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         completion_mask = completion_mask_from_ids(completion_ids, eos)

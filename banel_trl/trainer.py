@@ -48,6 +48,7 @@ from .posterior import BanelPosterior, completion_log_probs
 from .regions import BASE_ADAPTER, RejectionRegion
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
 from .sampling import CandidateSampler, generation_config
+from .vllm_generation import VLLMSampler
 
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,9 @@ class BanelTrainer(AdapterFits, Trainer):
             generation_config=self.generation_config,
             disable_tqdm=args.disable_tqdm,
             keep_distilled_regions=args.keep_distilled_regions,
+            proposal_sampler=VLLMSampler(self.model, self.accelerator, processing_class, args)
+            if args.use_vllm
+            else None,
         )
         # Each round restarts its prompt stream from the round's seed: see `_seed_stream`.
         self.sampler = CandidateSampler(

@@ -16,9 +16,11 @@ import typing
 from banel_trl import BanelConfig
 from banel_trl.scripts.banel import BanelScriptArguments
 from banel_trl.scripts.demo import DemoArguments
+from banel_trl.vllm_generation import VLLMArguments
 
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configuration.md")
+VLLM_GROUP = "vLLM generation (GRPO's `use_vllm`)"
 INHERITED_GROUP = "Negative-model fit (TrainingArguments fields with BaNEL defaults)"
 
 
@@ -96,9 +98,14 @@ def render() -> str:
     ordered: dict[str, list[dataclasses.Field]] = {}
     for f in own_fields(BanelConfig):
         ordered.setdefault(groups.get(f.name, INHERITED_GROUP), []).append(f)
-    for group in [g for g in ordered if g != INHERITED_GROUP] + [INHERITED_GROUP]:
-        if group in ordered:
-            lines += [f"### {group}", "", *table(BanelConfig, ordered[group]), ""]
+    # The vLLM fields come from the `VLLMArguments` base class, before the inherited TrainingArguments group.
+    ordered = {g: fields for g, fields in ordered.items() if g != INHERITED_GROUP} | {
+        VLLM_GROUP: dataclasses.fields(VLLMArguments),
+        INHERITED_GROUP: ordered.get(INHERITED_GROUP, []),
+    }
+    for group, fields in ordered.items():
+        if fields:
+            lines += [f"### {group}", "", *table(BanelConfig, fields), ""]
     demo_fields = dataclasses.fields(DemoArguments)
     lines += [
         "## `banel-trl train`",

@@ -69,8 +69,9 @@ def test_banel_cli_runs_a_grpo_yaml_and_names_every_setting_it_ignores_or_refuse
         "output_dir": "out", "max_reward_evaluations": 20, "samples_per_round": 20, "max_completion_length": 6,
         "num_generations": 8, "generation_batch_size": 16, "num_train_epochs": 1, "use_cpu": True,
         "report_to": "none", "disable_tqdm": True, "write_report": False,
-        # GRPO's own settings, meaningless for BaNEL: ignored with one warning.
+        # GRPO's own settings, meaningless for BaNEL: ignored with one warning (`use_vllm` is BaNEL's too).
         "beta": 0.04, "loss_type": "dapo", "use_vllm": False, "scale_rewards": "group", "epsilon": 0.2,
+        "vllm_enable_sleep_mode": False,
     }  # fmt: skip
     (tmp_path / "grpo_config.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
@@ -78,8 +79,8 @@ def test_banel_cli_runs_a_grpo_yaml_and_names_every_setting_it_ignores_or_refuse
     with caplog.at_level("WARNING", logger="banel_trl.cli"):
         assert cli.main(["train", "--config", "grpo_config.yaml"]) == 0
     assert (
-        "Ignoring GRPO-only settings that BaNEL has no use for: beta, epsilon, loss_type, scale_rewards, use_vllm"
-        in (caplog.text)
+        "Ignoring GRPO-only settings that BaNEL has no use for: beta, epsilon, loss_type, scale_rewards, "
+        "vllm_enable_sleep_mode" in (caplog.text)
     )
     assert os.path.isfile(tmp_path / "out" / LEDGER_NAME)
 

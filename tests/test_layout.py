@@ -33,6 +33,7 @@ LAYERS = {
     "distributed": 1,
     "callbacks": 1,
     "testing": 1,
+    "vllm_generation": 1,
     "configs": 1,
     "templates": 1,
 }
