@@ -6,6 +6,7 @@ import math
 import statistics
 
 from accelerate import Accelerator
+from scipy.stats import fisher_exact
 from transformers.utils import is_rich_available
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import print_prompt_completions_sample
@@ -14,6 +15,7 @@ from .config import BanelConfig
 from .distributed import gather_to_all, on_main_process
 from .ledger import RewardLedger, RoundReplay, sample_key
 from .posterior import acceptance_too_low
+from .regions import RejectionRegion
 from .rewards import RewardEvaluator, RewardFunctionError
 from .sampling import CandidateSampler
 
@@ -379,6 +381,34 @@ def region_has_evidence(ledger: RewardLedger, k: int, args: BanelConfig) -> bool
         "unchanged."
     )
     return False
+
+
+def retract_unhelpful_region(ledger: RewardLedger, regions: list[RejectionRegion], k: int, args: BanelConfig) -> bool:
+    """
+    Whether round `k` retracts the region added in round `k - 1` (see `retraction_p_value`): it stays only if round
+    `k`'s paid samples, drawn with it, succeed more often than round `k - 1`'s, drawn without it, by a one-sided Fisher
+    exact test. Only paid evidence decides: successes are counted, never trained on. The decision is the ledger's, so
+    a resumed run takes it again the same way. Marks the region `retracted`.
+    """
+    newest = regions[-1] if regions else None
+    if args.retraction_p_value is None or args.distill_posterior or newest is None or newest.round != k - 1:
+        return False
+    if newest.retracted:
+        return True  # decided before an interruption
+    counts = [(sum(r["success"] for r in paid), len(paid)) for paid in map(ledger.paid_in_round, (k, k - 1))]
+    table = [[successes, num_paid - successes] for successes, num_paid in counts]
+    p_value = float(fisher_exact(table, alternative="greater").pvalue)
+    if p_value < args.retraction_p_value:
+        return False
+    newest.retracted = True
+    (with_region, num_with), (without, num_without) = counts
+    logger.warning(
+        f"Round {k} retracts the region of round {k - 1}: its paid samples succeeded {with_region} times in "
+        f"{num_with}, against {without} in {num_without} without the region (one-sided Fisher test p = "
+        f"{p_value:.3g} >= `retraction_p_value`={args.retraction_p_value}). The region stops rejecting, and this round "
+        "adds none: its samples came from the retracted posterior."
+    )
+    return True
 
 
 def negative_examples(ledger: RewardLedger, sampler: CandidateSampler, k: int, negative_samples: str) -> list[dict]:

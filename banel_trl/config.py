@@ -157,6 +157,13 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             and differ by the successes alone: without enough of them the region fits noise, rejects successes as often
             as failures, and divides the acceptance by `1 / (1 - target_rejection_rate)`. A round without a region
             keeps its evaluations, which count against the budget.
+        retraction_p_value (`float`, *optional*, defaults to `0.05`):
+            A region stays only if the next round's paid samples, drawn with it, succeed more often than the paid
+            samples it was fit on, drawn without it (one-sided Fisher exact test at this p-value); otherwise the next
+            round retracts it (it stops rejecting) and adds no region of its own, since its samples came from the
+            retracted posterior. When successes look like ordinary samples a region cannot tell them apart and cuts
+            them with the failures; the paid evidence then sends the posterior back to where it did not lose.
+            `None` keeps every region. The exact loop only: a distilled proposal has the region in its weights.
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):
             Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
         threshold_type (`str`, *optional*, defaults to `"calibrated"`):
@@ -421,6 +428,13 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             "least this many successes: without them its region fits noise that only slows sampling."
         },
     )
+    retraction_p_value: float | None = field(
+        default=0.05,
+        metadata={
+            "help": "Retract a region unless the next round's paid samples succeed more often than those it was fit "
+            "on (one-sided Fisher test at this p-value): it never costs what it cannot show. None: keep all regions."
+        },
+    )
     warm_start_negative_model: bool = field(
         default=False,
         metadata={"help": "Initialise each round's adapter from the previous round's instead of at p_theta."},
@@ -523,6 +537,8 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             raise ValueError(f"`negative_samples` must be one of {NEGATIVE_SAMPLES}, got {self.negative_samples!r}.")
         if self.reference_model not in REFERENCE_MODELS:
             raise ValueError(f"`reference_model` must be one of {REFERENCE_MODELS}, got {self.reference_model!r}.")
+        if self.retraction_p_value is not None and not 0.0 < self.retraction_p_value <= 1.0:
+            raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {self.retraction_p_value}.")
         if self.reference_min_successes < 0:
             raise ValueError(f"`reference_min_successes` must be >= 0, got {self.reference_min_successes}.")
         if self.threshold_type not in THRESHOLD_TYPES:

@@ -29,7 +29,12 @@ FORCE = "force"  # `train(resume_from_checkpoint=FORCE)`: resume although the se
 # The settings that decide what a run samples, pays for and fits: a resume that changes one is not the same run.
 # `max_sampling_attempts`, `num_rounds`, logging and saving may change; the budget may go up.
 # Settings recorded since they were added, with the value every run recorded before then had.
-SETTINGS_RECORDED_LATER = {"shuffle_dataset": True, "disable_dropout": False, "world_size": 1}
+SETTINGS_RECORDED_LATER = {
+    "shuffle_dataset": True,
+    "disable_dropout": False,
+    "world_size": 1,
+    "retraction_p_value": None,
+}
 RECORDED_SETTINGS = (
     "seed",
     "samples_per_round",
@@ -48,6 +53,7 @@ RECORDED_SETTINGS = (
     "negative_samples",
     "reference_model",
     "reference_min_successes",
+    "retraction_p_value",
     "warm_start_negative_model",
     "threshold_type",
     "target_rejection_rate",

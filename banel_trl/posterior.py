@@ -178,10 +178,15 @@ class BanelPosterior:
 
     @property
     def active_regions(self) -> list[RejectionRegion]:
-        """The regions that reject: those fit on samples of the current proposal, or all (`keep_distilled_regions`)."""
-        if self.keep_distilled_regions:
-            return self.regions
-        return [region for region in self.regions if region.proposal == self.proposal_adapter]
+        """
+        The regions that reject: those fit on samples of the current proposal, or all (`keep_distilled_regions`);
+        never a retracted one.
+        """
+        return [
+            region
+            for region in self.regions
+            if not region.retracted and (self.keep_distilled_regions or region.proposal == self.proposal_adapter)
+        ]
 
     @property
     def adapter_names(self) -> list[str]:

@@ -19,6 +19,8 @@ class RejectionRegion:
     negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
     a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). `proposal` is the
     model whose samples the region was fit on: `p_theta`, or a distilled proposal (see `BanelConfig.distill_posterior`).
+    A `retracted` region rejects nothing: the next round's paid samples did not show it helped (see
+    `BanelConfig.retraction_p_value`).
     """
 
     adapter_name: str
@@ -26,6 +28,7 @@ class RejectionRegion:
     round: int
     reference_adapter: str = BASE_ADAPTER
     proposal: str = BASE_ADAPTER
+    retracted: bool = False
 
     @property
     def adapter_names(self) -> list[str]:

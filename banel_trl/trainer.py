@@ -25,6 +25,7 @@ from .collect import (
     log_round_completions,
     negative_examples,
     region_has_evidence,
+    retract_unhelpful_region,
     round_fell_short,
     round_metrics,
 )
@@ -299,7 +300,7 @@ class BanelTrainer(AdapterFits, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         try:
             self._open_ledger(force=resume_from_checkpoint == FORCE)
-            # A round that added no region (see `reference_min_successes`) is collected again from the ledger.
+            # A round that added no region (`reference_min_successes`, `retraction_p_value`) is read again from the ledger.
             first_round = self.posterior.regions[-1].round + 1 if self.posterior.regions else 0
             for k in range(first_round, args.num_rounds):
                 if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
@@ -315,17 +316,21 @@ class BanelTrainer(AdapterFits, Trainer):
                     logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
                     break
                 region, fit_loss = None, None
-                if region_has_evidence(self.ledger, k, args):
+                # The paid evidence keeps or retracts the previous round's region; a round that retracts adds none.
+                retracted = retract_unhelpful_region(self.ledger, self.posterior.regions, k, args)
+                if not retracted and region_has_evidence(self.ledger, k, args):
                     region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
                     self.posterior.add_region(region)
                     fit_losses.append(fit_loss)
                     if args.distill_posterior:
                         self._distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
-                    if args.should_save:
-                        self._save_posterior()
+                if (retracted or region is not None) and args.should_save:
+                    self._save_posterior()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
-                if round_fell_short(k, stats, self.num_reward_evaluations, args.max_reward_evaluations):
-                    break  # the posterior accepts too little to go on
+                if not retracted and round_fell_short(
+                    k, stats, self.num_reward_evaluations, args.max_reward_evaluations
+                ):
+                    break  # the posterior accepts too little to go on (a retraction raised its acceptance again)
         finally:
             self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
         return self._end_run(fit_losses, start_time)
@@ -381,7 +386,9 @@ class BanelTrainer(AdapterFits, Trainer):
     def _log_round(
         self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
     ) -> None:
-        num_regions = len(self.posterior.regions)  # and the figures of the rewards, with what they logged
+        num_regions = sum(
+            not region.retracted for region in self.posterior.regions
+        )  # and the figures of the rewards, with what they logged
         metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, num_regions, self.rewards)
         metrics["negatives"] = num_negatives
         if region is not None:  # a round that added no region has no fit to report

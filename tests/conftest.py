@@ -65,8 +65,10 @@ def make_config(tmp_path):
             disable_tqdm=True,
             logging_steps=1000,
             seed=0,
-            # Toy rounds find ~1 success in 50: every round adds its region, so that tests see the regions' mechanics.
+            # Toy rounds find ~1 success in 50: every round adds its region, and keeps it, so that tests see the
+            # regions' mechanics (tests/test_retraction.py tests the evidence that keeps or retracts one).
             reference_min_successes=0,
+            retraction_p_value=None,
         )
         return BanelConfig(**{**settings, **overrides})
 

@@ -15,7 +15,8 @@ def test_quick_mode_runs_every_method(tmp_path):
     results = tmp_path / "results.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # Quick mode, shrunk further so the test stays short. Its round 1 finds fewer successes than the 10 a region
-    # scored against a reference needs by default: without that bound, the test runs that region's path too.
+    # scored against a reference needs by default, and too few to keep round 0's region (`retraction_p_value`):
+    # without those two guards, the test runs the second region's path too.
     subprocess.run(
         [
             sys.executable,
@@ -38,6 +39,7 @@ def test_quick_mode_runs_every_method(tmp_path):
             "generation_batch_size=256",
             "scoring_batch_size=256",
             "reference_min_successes=0",
+            "retraction_p_value=null",
         ],
         check=True,
         env=env,

@@ -48,7 +48,8 @@ CRASH_SETTINGS = dict(
     disable_tqdm=True,
     logging_steps=1000,
     seed=0,
-    reference_min_successes=0,  # every round's region is at stake
+    reference_min_successes=0,  # every round's region is at stake, and stays
+    retraction_p_value=None,
     # Shallow cuts: the later rounds keep accepting ~1 in 4 proposals, so that runs do not spend their time in
     # rejection sampling.
     first_region_rejection_rate=0.5,

@@ -13,7 +13,8 @@ from banel_trl.tasks import addition_attack as task
 class RoundProbe(BanelCallback):
     """
     After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
-    round that added no region, see `reference_min_successes`, has no region figures).
+    round that added no region, see `reference_min_successes` and `retraction_p_value`, has no region figures; one
+    that retracted the previous round's region says so).
     """
 
     def __init__(self, pool_batches: dict):
@@ -24,6 +25,7 @@ class RoundProbe(BanelCallback):
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
         region = trainer.posterior.regions[-1]
         added = region.round == metrics["round"]
+        retracted = region.retracted and region.round == metrics["round"] - 1
         row = {
             "round": metrics["round"],
             "nre": metrics["nre/used"],
@@ -36,6 +38,7 @@ class RoundProbe(BanelCallback):
                 if added
                 else {}
             ),
+            **({"retracted": region.round} if retracted else {}),
         }
         self.rounds.append(row)
         print(

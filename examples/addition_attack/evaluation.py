@@ -119,7 +119,7 @@ def region_discrimination(posterior, pool_batches: dict) -> dict:
     whole pool of pretrained samples.
     """
     region = posterior.regions[-1]
-    earlier = [] if region.proposal != "__base__" else posterior.regions[:-1]
+    earlier = [] if region.proposal != "__base__" else [r for r in posterior.regions[:-1] if not r.retracted]
     scores, survivors = {}, {}
     for kind, batch in pool_batches.items():
         ratios = posterior.log_ratios(**batch, regions=[*earlier, region])

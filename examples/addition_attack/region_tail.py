@@ -2,10 +2,12 @@
 How much one region gains at each rejection rate: fit BaNEL's first region on `--num_failures` samples of the
 pretrained attacker (one round), score the reference pool, and print, for each rate, the share of the pool's
 successes the region keeps when its threshold rejects that share of the pool's failures, the gain this gives
-(kept / (1 - rate)) and how many of the kept successes have a leading-zero operand.
+(kept / (1 - rate)) and how many of the kept successes have a leading-zero operand. `--kappas` scores the region as
+`kappa * log p_phi - log p_theta` too (the reviewed paper's `p_theta / p_phi^kappa`; 1 is BaNEL's log-ratio), one
+result per exponent, from the same fit.
 
     python examples/addition_attack/region_tail.py --num_failures 3750 --seed 0 --results tail.jsonl
-    python examples/addition_attack/region_tail.py --summarize tail.jsonl    # markdown table per variant and epochs
+    python examples/addition_attack/region_tail.py --summarize tail.jsonl    # a table per variant, epochs and kappa
 """
 
 import argparse
@@ -20,6 +22,7 @@ import torch
 from datasets import Dataset
 
 from banel_trl import BanelConfig, BanelTrainer
+from banel_trl.posterior import completion_log_probs
 from banel_trl.tasks import addition_attack as task
 
 
@@ -29,16 +32,19 @@ from run import CACHE_DIR  # noqa: E402
 
 
 def summarize(path: str) -> str:
-    """Per variant and epoch count: kept share of successes (and gain) per seed at each rejection rate, and the AUC."""
+    """
+    Per variant, epoch count and exponent: kept share of successes (and gain) per seed at each rejection rate, and the
+    AUC.
+    """
     groups = defaultdict(list)
     with open(path) as file:
         for result in map(json.loads, file):
-            groups[result["variant"], result["epochs"]].append(result)
+            groups[result["variant"], result["epochs"], result.get("kappa", 1.0)].append(result)
     tables = []
-    for (variant, epochs), results in sorted(groups.items()):
+    for (variant, epochs, kappa), results in sorted(groups.items()):
         results.sort(key=lambda result: result["seed"])
         lines = [
-            f"{variant}, {epochs:g} epochs, {results[0]['num_failures']} failures fit",
+            f"{variant}, {epochs:g} epochs, kappa {kappa:g}, {results[0]['num_failures']} failures fit",
             "",
             "| failures rejected | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean gain |",
             "|---|" + "---|" * (len(results) + 1),
@@ -58,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9, 0.99, 0.995, 0.998, 0.999])
+    parser.add_argument("--kappas", type=float, nargs="+", default=[1.0], help="exponents of p_phi in the score")
     parser.add_argument("--pool_samples", type=int, default=200_000)
     parser.add_argument("--pool_failures", type=int, default=20_000)
     parser.add_argument("--no_leading_zeros", action="store_true", help="the harder variant: leading zeros earn 0")
@@ -97,13 +104,37 @@ def main(argv=None):
         train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token]}),
     )
     trainer.train()
-    scores = {
-        kind: trainer.posterior.log_ratios(**encode_queries(tokenizer, pool[kind]))[:, 0].float()
-        for kind in ("successes", "failures")
-    }
+    batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
+    log_ratios = {kind: trainer.posterior.log_ratios(**batch)[:, 0].float() for kind, batch in batches.items()}
+    base = {kind: base_log_likelihoods(trainer, batch) for kind, batch in batches.items()}
+    for kappa in args.kappas:
+        # kappa * log p_phi - log p_theta, with log p_phi = log-ratio + log p_theta
+        scores = {kind: kappa * log_ratios[kind] + (kappa - 1.0) * base[kind] for kind in batches}
+        result = tail_result(args, kappa, scores, pool)
+        print(json.dumps(result))
+        if args.results:
+            with open(args.results, "a") as file:
+                file.write(json.dumps(result) + "\n")
+
+
+def base_log_likelihoods(trainer, batch: dict, chunk: int = 4096) -> torch.Tensor:
+    """`log p_theta` of each encoded pool sample (its completion given the prompt), in chunks of rows."""
+    model = trainer.model.eval()
+    values = []
+    with torch.no_grad(), model.disable_adapter():
+        for start in range(0, len(batch["prompt_ids"]), chunk):
+            rows = [batch[key][start : start + chunk] for key in ("prompt_ids", "prompt_mask")]
+            rows += [batch[key][start : start + chunk] for key in ("completion_ids", "completion_mask")]
+            values.append(completion_log_probs(model, *rows, trainer.args.temperature).sum(dim=1))
+    return torch.cat(values).float()
+
+
+def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:
+    """The AUC of `scores`, and what a threshold rejecting each rate of the pool's failures keeps of its successes."""
     result = {
         "num_failures": args.num_failures,
         "epochs": args.epochs,
+        "kappa": kappa,
         "seed": args.seed,
         "variant": "no_leading_zeros" if args.no_leading_zeros else "leading_zeros",
         "auc": auc(scores["failures"], scores["successes"]),
@@ -123,10 +154,7 @@ def main(argv=None):
                 "kept": len(kept),
             }
         )
-    print(json.dumps(result))
-    if args.results:
-        with open(args.results, "a") as file:
-            file.write(json.dumps(result) + "\n")
+    return result
 
 
 if __name__ == "__main__":

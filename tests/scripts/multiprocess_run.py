@@ -62,7 +62,8 @@ def run(num_rounds):
         disable_tqdm=True,
         logging_steps=1000,
         seed=0,
-        reference_min_successes=0,  # every round adds its region, fit data-parallel
+        reference_min_successes=0,  # every round adds its region, fit data-parallel, and keeps it
+        retraction_p_value=None,
     )
     model = type(proposal)(proposal.config)
     model.load_state_dict(proposal.state_dict())
