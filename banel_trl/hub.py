@@ -138,7 +138,12 @@ def generate_banel_model_card(
     config = read_posterior_config(output_dir)
     base_model = base_model or config["base_model_name_or_path"]
     base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
-    summary = [("Base model `p_theta`", f"`{base_model}`"), ("Rejection regions", len(config["regions"]))]
+    retracted = sum(bool(region.get("retracted")) for region in config["regions"])
+    regions = len(config["regions"]) - retracted
+    summary = [
+        ("Base model `p_theta`", f"`{base_model}`"),
+        ("Rejection regions", f"{regions} ({retracted} more retracted)" if retracted else regions),
+    ]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
         run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
@@ -160,7 +165,7 @@ def generate_banel_model_card(
         base_model=base_model,
         base_model_on_hub=base_model_on_hub,
         dataset_name=dataset_name,
-        num_regions=len(config["regions"]),
+        num_regions=regions,
         summary=summary,
         rounds=rounds,
         successes=successes,

@@ -8,7 +8,9 @@ import pytest
 
 from banel_trl import BanelPosterior, BanelTrainer
 from banel_trl.collect import retract_unhelpful_region
+from banel_trl.hub import generate_banel_model_card
 from banel_trl.regions import POSTERIOR_CONFIG_NAME, RejectionRegion
+from banel_trl.report import write_report
 
 from .test_trainer import CountingReward
 
@@ -74,6 +76,11 @@ def test_a_retracted_region_stops_rejecting_in_the_run_and_in_the_saved_posterio
         assert [region["retracted"] for region in json.load(file)["regions"]] == [True, False]
     posterior = BanelPosterior.from_pretrained(args.output_dir, make_proposal())
     assert [region.round for region in posterior.active_regions] == [2]
+    card = generate_banel_model_card(args.output_dir, "run", "user/run", base_model="toy")
+    assert "| Rejection regions | 1 (1 more retracted) |" in card.content
+    report, _ = write_report(args.output_dir, posterior, tokenizer)
+    with open(report) as file:
+        assert "### Region 0 (threshold" in (text := file.read()) and "retracted: it rejects nothing" in text
     # A resumed run takes the same decisions from the ledger, and pays nothing again.
     assert [(r.round, r.retracted) for r in train().posterior.regions] == [(0, True), (2, False)]
     assert len(counting.calls) == 150
