@@ -41,7 +41,8 @@ def _remove_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
 def _drop_grpo_only_options(arguments: list[str]) -> list[str]:
     """
     `arguments` without the options that are GRPOConfig fields BaNEL has no use for (`beta`, `loss_type`,
-    `vllm_enable_sleep_mode`, ...) and their values, with one warning that names them all: a GRPO YAML config runs as it is.
+    `vllm_enable_sleep_mode`, ...) and their values, with one warning that names them all: a GRPO YAML config runs as
+    it is.
     """
     grpo_only = {f.name for f in dataclasses.fields(GRPOConfig)} - {f.name for f in dataclasses.fields(BanelConfig)}
     kept, dropped, i = [], [], 0

@@ -202,6 +202,7 @@ class BanelTrainer(AdapterFits, Trainer):
                 self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
         args, processing_class = self.args, self.processing_class
         self.generation_config = generation_config(self.model, processing_class, args)
+        vllm_sampler = VLLMSampler(self.model, self.accelerator, processing_class, args) if args.use_vllm else None
         self.posterior = BanelPosterior(
             self.model,
             temperature=args.temperature,
@@ -211,9 +212,7 @@ class BanelTrainer(AdapterFits, Trainer):
             generation_config=self.generation_config,
             disable_tqdm=args.disable_tqdm,
             keep_distilled_regions=args.keep_distilled_regions,
-            proposal_sampler=VLLMSampler(self.model, self.accelerator, processing_class, args)
-            if args.use_vllm
-            else None,
+            proposal_sampler=vllm_sampler,
         )
         # Each round restarts its prompt stream from the round's seed: see `_seed_stream`.
         self.sampler = CandidateSampler(
