@@ -1,20 +1,17 @@
 """Configuration of the [`BanelTrainer`]."""
 
-import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
 
 from .config_checks import (
-    checked_integer,
-    checked_real,
+    check_types,
     refuse_evaluation,
     refuse_unsupported_grpo_values,
     resolve_generation_batch_size,
     resolve_pad_to_multiple_of,
     resolve_rounds,
-    type_error,
     warn_about_checkpoints,
 )
 from .vllm_generation import VLLMArguments
@@ -187,6 +184,10 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             threshold.
         filter_factor (`float`, *optional*, defaults to `1.0`):
             With `threshold_type="filter_factor"`, the paper's `1/tau`.
+        kappa (`float`, *optional*, defaults to `1.0`):
+            Exponent of the negative model in a region's score, `kappa * log p_phi_k(x) - log p_ref_k(x)` (the reviewed
+            paper's `p_theta / p_phi^kappa`). Above 1 the score leans on `p_ref_k`'s own likelihood: the region then
+            also rejects what the proposal finds typical (docs/results/addition_attack.md measures it).
         length_normalize (`bool`, *optional*, defaults to `False`):
             Compare per-token (length-normalised) log-likelihoods instead of sequence log-likelihoods.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
@@ -469,6 +470,12 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         default=1.0,
         metadata={"help": "filter_factor thresholds: reject when p_phi_k(x) > filter_factor * p_ref_k(x); > 0."},
     )
+    kappa: float = field(
+        default=1.0,
+        metadata={
+            "help": "Exponent of p_phi in a region's score kappa * log p_phi - log p_ref (the paper's p_phi^kappa)."
+        },
+    )
     length_normalize: bool = field(
         default=False,
         metadata={"help": "Compare per-token log-likelihoods instead of sequence log-likelihoods."},
@@ -522,7 +529,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments' checks: they compare values (a string fails there with a TypeError) and require an
         # eval strategy for options that BaNEL refuses altogether.
-        self._check_types()
+        check_types(self, {**VLLMArguments.__annotations__, **BanelConfig.__annotations__})
         refuse_evaluation(self)
         super().__post_init__()
         for name in POSITIVE_INTS:
@@ -550,6 +557,8 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         for name in ("target_rejection_rate", "first_region_rejection_rate", "calibration_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
+        if not self.kappa > 0.0:
+            raise ValueError(f"`kappa` must be > 0, got {self.kappa}.")
         if not self.filter_factor > 0.0:
             raise ValueError(f"`filter_factor` must be > 0, got {self.filter_factor}.")
         if not self.temperature > 0.0:
@@ -567,24 +576,3 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             raise ValueError(f"`distillation_samples` must be at least 2, got {self.distillation_samples}.")
         if not self.distillation_epochs > 0:
             raise ValueError(f"`distillation_epochs` must be > 0, got {self.distillation_epochs}.")
-
-    def _check_types(self) -> None:
-        """
-        Refuse a value of the wrong type for a number or flag of BanelConfig (the fields this class declares), naming
-        the field, the value and its type, before a comparison fails with a `TypeError` or a wrong value is used.
-        """
-        for name, annotation in {**VLLMArguments.__annotations__, **BanelConfig.__annotations__}.items():
-            kinds = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
-            value = getattr(self, name)
-            if (value is None and type(None) in kinds) or (isinstance(value, str) and str in kinds):
-                continue
-            if int in kinds:
-                setattr(self, name, checked_integer(name, value))
-            elif float in kinds:
-                setattr(self, name, checked_real(name, value))
-            elif bool in kinds and not isinstance(value, bool):
-                raise type_error(name, value, "True or False", "pass a bool (in YAML, true or false without quotes)")
-            elif list[float] in kinds:
-                if not isinstance(value, list | tuple):
-                    raise type_error(name, value, "a list of numbers", "pass one number per reward function")
-                setattr(self, name, [checked_real(f"{name}[{i}]", weight) for i, weight in enumerate(value)])

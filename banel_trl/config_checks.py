@@ -8,6 +8,7 @@ import enum
 import logging
 import math
 import numbers
+import types
 from typing import Any
 
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
@@ -71,6 +72,29 @@ def checked_real(name: str, value: Any) -> float:
     if not math.isfinite(value):
         raise ValueError(f"`{name}` must be a finite number, got {value}.")
     return value if isinstance(value, int | float) else float(value)
+
+
+def check_types(args, annotations: dict[str, Any]) -> None:
+    """
+    Refuse a value of the wrong type for a number or flag of `args` among the fields `annotations` declares
+    (BanelConfig's own), naming the field, the value and its type, before a comparison fails with a `TypeError` or a
+    wrong value is used; integral floats become ints and numbers floats.
+    """
+    for name, annotation in annotations.items():
+        kinds = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+        value = getattr(args, name)
+        if (value is None and type(None) in kinds) or (isinstance(value, str) and str in kinds):
+            continue
+        if int in kinds:
+            setattr(args, name, checked_integer(name, value))
+        elif float in kinds:
+            setattr(args, name, checked_real(name, value))
+        elif bool in kinds and not isinstance(value, bool):
+            raise type_error(name, value, "True or False", "pass a bool (in YAML, true or false without quotes)")
+        elif list[float] in kinds:
+            if not isinstance(value, list | tuple):
+                raise type_error(name, value, "a list of numbers", "pass one number per reward function")
+            setattr(args, name, [checked_real(f"{name}[{i}]", weight) for i, weight in enumerate(value)])
 
 
 def refuse_evaluation(args) -> None:

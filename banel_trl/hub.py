@@ -83,6 +83,16 @@ def _run_figures(
     return summary, rounds, successes
 
 
+def _regions_row(config: dict) -> tuple[int, tuple[str, int | str]]:
+    """
+    How many of the saved posterior's regions reject, and the card's summary row on them, which counts the retracted
+    ones apart (see `BanelConfig.retraction_p_value`).
+    """
+    retracted = sum(bool(region.get("retracted")) for region in config["regions"])
+    regions = len(config["regions"]) - retracted
+    return regions, ("Rejection regions", f"{regions} ({retracted} more retracted)" if retracted else regions)
+
+
 def generate_banel_model_card(
     output_dir: str,
     model_name: str,
@@ -134,16 +144,11 @@ def generate_banel_model_card(
     Returns:
         [`~huggingface_hub.ModelCard`]
     """
-    paper = paper or PAPER
     config = read_posterior_config(output_dir)
     base_model = base_model or config["base_model_name_or_path"]
     base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
-    retracted = sum(bool(region.get("retracted")) for region in config["regions"])
-    regions = len(config["regions"]) - retracted
-    summary = [
-        ("Base model `p_theta`", f"`{base_model}`"),
-        ("Rejection regions", f"{regions} ({retracted} more retracted)" if retracted else regions),
-    ]
+    regions, regions_row = _regions_row(config)
+    summary = [("Base model `p_theta`", f"`{base_model}`"), regions_row]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
         run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
@@ -173,9 +178,9 @@ def generate_banel_model_card(
         wandb_url=wandb_url,
         trackio_url=trackio_url,
         trainer_name=trainer_name,
-        trainer_citation=paper["citation"],
-        paper_title=paper["title"],
-        paper_id=paper["id"],
+        trainer_citation=(paper or PAPER)["citation"],
+        paper_title=(paper or PAPER)["title"],
+        paper_id=(paper or PAPER)["id"],
         banel_trl_version=version("banel_trl"),
         trl_version=version("trl"),
         transformers_version=version("transformers"),

@@ -34,6 +34,7 @@ SETTINGS_RECORDED_LATER = {
     "disable_dropout": False,
     "world_size": 1,
     "retraction_p_value": None,
+    "kappa": 1.0,
 }
 RECORDED_SETTINGS = (
     "seed",
@@ -60,6 +61,7 @@ RECORDED_SETTINGS = (
     "first_region_rejection_rate",
     "calibration_fraction",
     "filter_factor",
+    "kappa",
     "length_normalize",
     "distill_posterior",
     "distillation_samples",

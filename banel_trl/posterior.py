@@ -30,6 +30,7 @@ MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regio
 MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
 SAMPLER_SETTINGS = (
     "temperature",
+    "kappa",
     "length_normalize",
     "scoring_batch_size",
     "max_sampling_attempts",
@@ -116,9 +117,9 @@ class BanelPosterior:
     The proposal `q` is `p_theta`, the base model with its adapters disabled, or a LoRA adapter distilled from an
     earlier posterior (`proposal_adapter`, see `BanelConfig.distill_posterior`). Each region `R_k` is a LoRA adapter
     `p_phi_k` on the same base, a reference (`p_theta`, or a LoRA adapter `p_ref_k`) and a threshold: `x` is rejected
-    when `log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given the
-    prompt). The active regions are those fit on samples of the current proposal, or all with
-    `keep_distilled_regions`.
+    when `kappa * log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given
+    the prompt; `kappa` is 1 by default). The active regions are those fit on samples of the current proposal, or all
+    with `keep_distilled_regions`.
     Candidates are scored under the regions in order, and one rejected by a region is not scored under the later ones.
 
     Args:
@@ -128,6 +129,8 @@ class BanelPosterior:
             The rejection regions, in the order they were added.
         temperature (`float`, *optional*, defaults to `1.0`):
             Temperature applied to the logits of every likelihood, the one the regions were fit with.
+        kappa (`float`, *optional*, defaults to `1.0`):
+            Exponent of each negative model in its region's score: `kappa * log p_phi_k(x) - log p_ref_k(x)`.
         length_normalize (`bool`, *optional*, defaults to `False`):
             Compare per-token mean log-likelihoods instead of sums.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
@@ -145,9 +148,9 @@ class BanelPosterior:
         keep_distilled_regions (`bool`, *optional*, defaults to `False`):
             Reject with every region, also those fit on samples of an earlier proposal.
         proposal_sampler (`Callable`, *optional*):
-            Draws the candidates instead of the model's `generate`: `proposal_sampler(adapter, input_ids, attention_mask)`
-            returns right-padded completion ids, one per row, sampled from the proposal `adapter` (active while it
-            runs). [`VLLMSampler`] is one.
+            Draws the candidates instead of the model's `generate`: `proposal_sampler(adapter, input_ids,
+            attention_mask)` returns right-padded completion ids, one per row, sampled from the proposal `adapter`
+            (active while it runs). [`VLLMSampler`] is one.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class BanelPosterior:
         model: PeftModel,
         regions: list[RejectionRegion] | None = None,
         temperature: float = 1.0,
+        kappa: float = 1.0,
         length_normalize: bool = False,
         scoring_batch_size: int = 64,
         max_sampling_attempts: int = 10000,
@@ -167,6 +171,7 @@ class BanelPosterior:
         self.model = model
         self.regions = list(regions or [])
         self.temperature = temperature
+        self.kappa = kappa
         self.length_normalize = length_normalize
         self.scoring_batch_size = scoring_batch_size
         self.max_sampling_attempts = max_sampling_attempts
@@ -230,9 +235,9 @@ class BanelPosterior:
         proposal_log_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        `log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the completion
-        length when `length_normalize`). `p_theta` is scored once per candidate; each forward chunk runs under one
-        adapter.
+        `kappa * log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the
+        completion length when `length_normalize`). `p_theta` is scored once per candidate; each forward chunk runs
+        under one adapter.
 
         Args:
             prompt_ids, prompt_mask, completion_ids, completion_mask (`torch.Tensor`):
@@ -271,7 +276,11 @@ class BanelPosterior:
                 stage = range(start, min(start + size, len(regions)))
                 scored = self._stage_log_probs([regions[k] for k in stage], alive, shared, inputs)
                 stage_ratios = torch.stack(
-                    [scored[regions[k].adapter_name] - scored[regions[k].reference_adapter] for k in stage], dim=1
+                    [
+                        self.kappa * scored[regions[k].adapter_name] - scored[regions[k].reference_adapter]
+                        for k in stage
+                    ],
+                    dim=1,
                 )
                 if self.length_normalize:
                     stage_ratios = stage_ratios / lengths[alive, None]

@@ -206,6 +206,7 @@ class BanelTrainer(AdapterFits, Trainer):
         self.posterior = BanelPosterior(
             self.model,
             temperature=args.temperature,
+            kappa=args.kappa,
             length_normalize=args.length_normalize,
             scoring_batch_size=args.scoring_batch_size,
             max_sampling_attempts=args.max_sampling_attempts,
@@ -299,7 +300,8 @@ class BanelTrainer(AdapterFits, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         try:
             self._open_ledger(force=resume_from_checkpoint == FORCE)
-            # A round that added no region (`reference_min_successes`, `retraction_p_value`) is read again from the ledger.
+            # A round that added no region (`reference_min_successes`, `retraction_p_value`) is read back from the
+            # ledger.
             first_round = self.posterior.regions[-1].round + 1 if self.posterior.regions else 0
             for k in range(first_round, args.num_rounds):
                 if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):

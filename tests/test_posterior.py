@@ -9,6 +9,7 @@ from transformers import GenerationConfig
 from banel_trl import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
 from banel_trl import posterior as posterior_module
 from banel_trl.data import NegativesCollator, pad_prompts
+from banel_trl.posterior import completion_log_probs
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 
 
@@ -130,6 +131,17 @@ def test_a_region_with_a_reference_is_scored_against_it(small_space):
     torch.testing.assert_close(ratios[:, 1], against_theta[:, 0] - against_theta[:, 1], atol=1e-5, rtol=1e-4)
     for name in ("region_1", "reference_1"):
         model.delete_adapter(name)
+
+
+def test_kappa_weighs_the_negative_model_in_the_score(small_space):
+    tokenizer, model, _, _, batch = small_space
+    region = RejectionRegion("region_0", 0.0, 0)
+    ratios = BanelPosterior(model, [region]).log_ratios(**batch)[:, 0]
+    with torch.no_grad(), model.disable_adapter():
+        log_p_theta = completion_log_probs(model, *batch.values()).sum(dim=1)
+    # kappa * log p_phi - log p_theta, with log p_phi = ratio + log p_theta
+    expected = 2.5 * (ratios + log_p_theta) - log_p_theta
+    torch.testing.assert_close(BanelPosterior(model, [region], kappa=2.5).log_ratios(**batch)[:, 0], expected)
 
 
 @pytest.mark.parametrize("max_generation_logits", [0, 2**26])  # p_theta scored again; taken from generation

@@ -326,14 +326,19 @@ def test_same_arguments_as_grpo_trainer(proposal, tokenizer, make_config, tmp_pa
     assert record["prompt"] in dataset["prompt"] and len(record["rewards"]) == 2
 
 
-def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dataset, make_config, tmp_path):
-    args = make_config(max_reward_evaluations=100, samples_per_round=50)
+@pytest.mark.parametrize("kappa", [1.0, 3.0])
+def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dataset, make_config, tmp_path, kappa):
+    args = make_config(
+        max_reward_evaluations=100, samples_per_round=50, kappa=kappa, first_region_rejection_rate=0.9,
+        target_rejection_rate=0.5,
+    )  # fmt: skip
     trainer = BanelTrainer(
         make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
     trainer.train()
     trainer.save_model(str(tmp_path / "saved"))
     loaded = BanelPosterior.from_pretrained(str(tmp_path / "saved"), model=make_proposal())
+    assert loaded.kappa == kappa
     torch.manual_seed(0)
     candidates = trainer.posterior.propose(
         torch.full((64, 1), tokenizer.bos_token_id), torch.ones(64, 1, dtype=torch.long), trainer.generation_config
@@ -361,6 +366,8 @@ def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dat
         (dict(reference_min_successes=-1), "reference_min_successes"),
         (dict(calibration_fraction=0.0), "calibration_fraction"),
         (dict(filter_factor=0.0), "filter_factor"),
+        (dict(kappa=0.0), "kappa"),
+        (dict(retraction_p_value=0.0), "retraction_p_value"),
         (dict(negative_samples="some"), "negative_samples"),
         (dict(max_completion_length=0), "max_completion_length"),
         (dict(temperature=0.0), "temperature"),
