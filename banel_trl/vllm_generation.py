@@ -170,5 +170,5 @@ class VLLMSampler:
             self.loaded = adapter
         prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
         _, completion_ids, _, _ = self.generation.generate(prompts, images=None, num_generations=1)
-        completions = [torch.tensor(ids, dtype=torch.long) for ids in completion_ids]
+        completions = [torch.tensor(list(ids), dtype=torch.long) for ids in completion_ids]  # vLLM: any int sequence
         return pad(completions, padding_value=self.pad_token_id).to(input_ids.device)
