@@ -147,13 +147,13 @@ def generate_banel_model_card(
     config = read_posterior_config(output_dir)
     base_model = base_model or config["base_model_name_or_path"]
     base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
+    paper = paper or PAPER
     regions, regions_row = _regions_row(config)
     summary = [("Base model `p_theta`", f"`{base_model}`"), regions_row]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
         run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
         summary += run_summary
-
     card_data = ModelCardData(
         base_model=base_model if base_model_on_hub else None,
         datasets=dataset_name,
@@ -178,9 +178,9 @@ def generate_banel_model_card(
         wandb_url=wandb_url,
         trackio_url=trackio_url,
         trainer_name=trainer_name,
-        trainer_citation=(paper or PAPER)["citation"],
-        paper_title=(paper or PAPER)["title"],
-        paper_id=(paper or PAPER)["id"],
+        trainer_citation=paper["citation"],
+        paper_title=paper["title"],
+        paper_id=paper["id"],
         banel_trl_version=version("banel_trl"),
         trl_version=version("trl"),
         transformers_version=version("transformers"),
