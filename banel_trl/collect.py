@@ -4,6 +4,7 @@ import copy
 import logging
 import math
 import statistics
+from collections.abc import Callable
 
 from accelerate import Accelerator
 from scipy.stats import fisher_exact
@@ -383,30 +384,50 @@ def region_has_evidence(ledger: RewardLedger, k: int, args: BanelConfig) -> bool
     return False
 
 
-def retract_unhelpful_region(ledger: RewardLedger, regions: list[RejectionRegion], k: int, args: BanelConfig) -> bool:
+def review_newest_region(
+    ledger: RewardLedger, regions: list[RejectionRegion], k: int, args: BanelConfig, relax: Callable
+) -> bool:
     """
-    Whether round `k` retracts the region added in round `k - 1` (see `retraction_p_value`): it stays only if round
-    `k`'s paid samples, drawn with it, succeed more often than round `k - 1`'s, drawn without it, by a one-sided Fisher
-    exact test. Only paid evidence decides: successes are counted, never trained on. The decision is the ledger's, so
-    a resumed run takes it again the same way. Marks the region `retracted`.
+    Whether round `k`'s paid samples change the newest region (see `retraction_p_value`); a round that does adds no
+    region, its samples having come from the posterior it changed. Only paid evidence decides: successes are counted,
+    never trained on, and a resumed run decides again the same way.
+
+    - A region as fit in round `k - 1` stays if round `k`'s samples, drawn with it, succeed more often than round
+      `k - 1`'s, drawn without it (one-sided Fisher exact test). Otherwise `relax(region)` cuts it back (see
+      `relaxed_rejection_rate`), or without a relaxed cut it is retracted.
+    - A region relaxed in round `k - 1` stays unless round `k`'s samples succeed less often than those it was fit on
+      (the same test the other way): a shallow cut's gains are too small for a round to show.
     """
     newest = regions[-1] if regions else None
-    if args.retraction_p_value is None or args.distill_posterior or newest is None or newest.round != k - 1:
+    if args.retraction_p_value is None or args.distill_posterior or newest is None:
         return False
-    if newest.retracted:
+    if newest.reviewed_round == k:
         return True  # decided before an interruption
-    counts = [(sum(r["success"] for r in paid), len(paid)) for paid in map(ledger.paid_in_round, (k, k - 1))]
+    as_fit = newest.reviewed_round is None
+    if newest.retracted or newest.last_round != k - 1:
+        return False  # not on trial: retracted, or not changed since a round before the previous one
+    counts = [(sum(r["success"] for r in paid), len(paid)) for paid in map(ledger.paid_in_round, (k, newest.round))]
     table = [[successes, num_paid - successes] for successes, num_paid in counts]
-    p_value = float(fisher_exact(table, alternative="greater").pvalue)
-    if p_value < args.retraction_p_value:
+    p_value = float(fisher_exact(table, alternative="greater" if as_fit else "less").pvalue)
+    if (p_value < args.retraction_p_value) == as_fit:
         return False
-    newest.retracted = True
+    newest.reviewed_round = k
+    relaxes = as_fit and args.relaxed_rejection_rate is not None and args.threshold_type == "calibrated"
+    if relaxes:
+        relax(newest)
+    else:
+        newest.retracted = True
     (with_region, num_with), (without, num_without) = counts
     logger.warning(
-        f"Round {k} retracts the region of round {k - 1}: its paid samples succeeded {with_region} times in "
-        f"{num_with}, against {without} in {num_without} without the region (one-sided Fisher test p = "
-        f"{p_value:.3g} >= `retraction_p_value`={args.retraction_p_value}). The region stops rejecting, and this round "
-        "adds none: its samples came from the retracted posterior."
+        f"Round {k} {'relaxes' if relaxes else 'retracts'} the region of round {newest.round}: its paid samples "
+        f"succeeded {with_region} times in {num_with}, against {without} in {num_without} without the region "
+        f"(one-sided Fisher test p = {p_value:.3g}, `retraction_p_value`={args.retraction_p_value}). "
+        + (
+            f"It now rejects {args.relaxed_rejection_rate:g} of its held-out failures, at kappa {args.relaxed_kappa:g}"
+            if relaxes
+            else "It stops rejecting"
+        )
+        + ", and this round adds no region: its samples came from the posterior it changed."
     )
     return True
 

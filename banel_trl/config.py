@@ -7,6 +7,7 @@ from transformers import TrainingArguments
 
 from .config_checks import (
     check_types,
+    check_values,
     refuse_evaluation,
     refuse_unsupported_grpo_values,
     resolve_generation_batch_size,
@@ -16,10 +17,6 @@ from .config_checks import (
 )
 from .vllm_generation import VLLMArguments
 
-
-THRESHOLD_TYPES = ("calibrated", "filter_factor")
-NEGATIVE_SAMPLES = ("round", "all")
-REFERENCE_MODELS = ("posterior", "proposal")
 
 # Counts that must be at least 1 when set (those that may be None are filled in from the others).
 POSITIVE_INTS = (
@@ -160,7 +157,17 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             round retracts it (it stops rejecting) and adds no region of its own, since its samples came from the
             retracted posterior. When successes look like ordinary samples a region cannot tell them apart and cuts
             them with the failures; the paid evidence then sends the posterior back to where it did not lose.
-            `None` keeps every region. The exact loop only: a distilled proposal has the region in its weights.
+            With `relaxed_rejection_rate` set, such a region is relaxed instead of retracted, and retracted only if the
+            round after shows it lowered the success rate (the same test, the other way). `None` keeps every region
+            as fit. The exact loop only: a distilled proposal has the region in its weights.
+        relaxed_rejection_rate (`float` or `None`, *optional*, defaults to `0.9`):
+            The shallower cut a region falls back to when the next round's paid samples do not show it helped (see
+            `retraction_p_value`): it then rejects this share of the failures held out of its fit, scored with
+            `relaxed_kappa`. A deep cut keeps atypical successes; a shallow one with `kappa` above 1 keeps successes
+            that are merely less likely under the proposal, which a round's few successes cannot show.
+            `None` retracts such a region instead. With `threshold_type="filter_factor"` it is retracted.
+        relaxed_kappa (`float`, *optional*, defaults to `2.0`):
+            The `kappa` of a relaxed region's score (see `relaxed_rejection_rate`).
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):
             Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
         threshold_type (`str`, *optional*, defaults to `"calibrated"`):
@@ -436,6 +443,17 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             "on (one-sided Fisher test at this p-value): it never costs what it cannot show. None: keep all regions."
         },
     )
+    relaxed_rejection_rate: float | None = field(
+        default=0.9,
+        metadata={
+            "help": "Relax a region the next round does not show to help to this shallower cut (scored with "
+            "relaxed_kappa) instead of retracting it; it is retracted if it then shows a loss. None: retract it."
+        },
+    )
+    relaxed_kappa: float = field(
+        default=2.0,
+        metadata={"help": "The kappa of a relaxed region's score (see relaxed_rejection_rate); > 0."},
+    )
     warm_start_negative_model: bool = field(
         default=False,
         metadata={"help": "Initialise each round's adapter from the previous round's instead of at p_theta."},
@@ -540,33 +558,11 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         resolve_pad_to_multiple_of(self)
         refuse_unsupported_grpo_values(self)
         warn_about_checkpoints(self)
-        if self.negative_samples not in NEGATIVE_SAMPLES:
-            raise ValueError(f"`negative_samples` must be one of {NEGATIVE_SAMPLES}, got {self.negative_samples!r}.")
-        if self.reference_model not in REFERENCE_MODELS:
-            raise ValueError(f"`reference_model` must be one of {REFERENCE_MODELS}, got {self.reference_model!r}.")
-        if self.retraction_p_value is not None and not 0.0 < self.retraction_p_value <= 1.0:
-            raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {self.retraction_p_value}.")
-        if self.reference_min_successes < 0:
-            raise ValueError(f"`reference_min_successes` must be >= 0, got {self.reference_min_successes}.")
-        if self.threshold_type not in THRESHOLD_TYPES:
-            raise ValueError(f"`threshold_type` must be one of {THRESHOLD_TYPES}, got {self.threshold_type!r}.")
-        self._check_distillation()
-        self.check_vllm_arguments()
         if self.first_region_rejection_rate is None:
             self.first_region_rejection_rate = self.target_rejection_rate
-        for name in ("target_rejection_rate", "first_region_rejection_rate", "calibration_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"`{name}` must be in (0, 1), got {getattr(self, name)}.")
-        if not self.kappa > 0.0:
-            raise ValueError(f"`kappa` must be > 0, got {self.kappa}.")
-        if not self.filter_factor > 0.0:
-            raise ValueError(f"`filter_factor` must be > 0, got {self.filter_factor}.")
-        if not self.temperature > 0.0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
-        if self.top_k < 0:
-            raise ValueError(f"`top_k` must be >= 0, got {self.top_k}.")
+        self._check_distillation()
+        self.check_vllm_arguments()
+        check_values(self)
 
     def _check_distillation(self) -> None:
         """Fill in and check the distillation settings (see `distill_posterior`)."""

@@ -17,6 +17,11 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 logger = logging.getLogger(__name__)
 
 
+CHOICES = {
+    "threshold_type": ("calibrated", "filter_factor"),
+    "negative_samples": ("round", "all"),
+    "reference_model": ("posterior", "proposal"),
+}
 # Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
 # only act on its results), each with the value that turns it off. BaNEL's `evaluate` pays reward calls.
 EVALUATION_OPTIONS = {
@@ -242,3 +247,25 @@ def warn_about_checkpoints(args) -> None:
             f"`save_strategy={args.save_strategy.value!r}` writes no checkpoint: BaNEL saves the run (ledger, regions) "
             "to `output_dir` after every round, and `train()` resumes from there."
         )
+
+
+def check_values(args) -> None:
+    """Refuse the values of BaNEL's own options outside their choices or ranges, naming the option."""
+    for name, choices in CHOICES.items():
+        if getattr(args, name) not in choices:
+            raise ValueError(f"`{name}` must be one of {choices}, got {getattr(args, name)!r}.")
+    if args.retraction_p_value is not None and not 0.0 < args.retraction_p_value <= 1.0:
+        raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {args.retraction_p_value}.")
+    if args.reference_min_successes < 0:
+        raise ValueError(f"`reference_min_successes` must be >= 0, got {args.reference_min_successes}.")
+    rates = ["target_rejection_rate", "first_region_rejection_rate", "calibration_fraction", "relaxed_rejection_rate"]
+    for name in rates:
+        if getattr(args, name) is not None and not 0.0 < getattr(args, name) < 1.0:
+            raise ValueError(f"`{name}` must be in (0, 1), got {getattr(args, name)}.")
+    for name in ("kappa", "relaxed_kappa", "filter_factor", "temperature"):
+        if not getattr(args, name) > 0.0:
+            raise ValueError(f"`{name}` must be > 0, got {getattr(args, name)}.")
+    if not 0.0 < args.top_p <= 1.0:
+        raise ValueError(f"`top_p` must be in (0, 1], got {args.top_p}.")
+    if args.top_k < 0:
+        raise ValueError(f"`top_k` must be >= 0, got {args.top_k}.")

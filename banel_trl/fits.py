@@ -11,6 +11,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import set_seed
 from transformers.trainer_utils import SaveStrategy
 
+from .collect import negative_examples
 from .distributed import gather_to_all, on_main_process, rank_share
 from .models import proposal_adapter_name, reference_adapter_name, region_adapter_name
 from .regions import BASE_ADAPTER, RejectionRegion
@@ -80,6 +81,22 @@ class AdapterFits:
                 self.accelerator, calibrated_threshold, self.posterior, region, batch, rate, args.learning_rate
             )
         return region, loss
+
+    def _relax_region(self, region: RejectionRegion) -> None:
+        """
+        Cut `region` back to `relaxed_rejection_rate` of the failures held out of its fit (drawn again from the
+        ledger, as when it was fit), scored with `relaxed_kappa` (see `BanelConfig.relaxed_rejection_rate`).
+        """
+        args = self.args
+        negatives = negative_examples(self.ledger, self.sampler, region.round, args.negative_samples)
+        _, calibration = hold_out_calibration(
+            negatives, region.round, args.calibration_fraction, args.seed + region.round
+        )
+        region.kappa = args.relaxed_kappa
+        batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
+        region.threshold = on_main_process(
+            self.accelerator, calibrated_threshold, self.posterior, region, batch, args.relaxed_rejection_rate
+        )
 
     def _fit_adapter(
         self, name: str, examples: list[dict], warm_start: str | None = None, epochs: float | None = None

@@ -85,12 +85,14 @@ def _run_figures(
 
 def _regions_row(config: dict) -> tuple[int, tuple[str, int | str]]:
     """
-    How many of the saved posterior's regions reject, and the card's summary row on them, which counts the retracted
-    ones apart (see `BanelConfig.retraction_p_value`).
+    How many of the saved posterior's regions reject, and the card's summary row on them, which names the relaxed
+    ones and counts the retracted ones apart (see `BanelConfig.retraction_p_value`).
     """
     retracted = sum(bool(region.get("retracted")) for region in config["regions"])
+    relaxed = sum(region.get("reviewed_round") is not None for region in config["regions"]) - retracted
     regions = len(config["regions"]) - retracted
-    return regions, ("Rejection regions", f"{regions} ({retracted} more retracted)" if retracted else regions)
+    notes = [f"{relaxed} relaxed"] * bool(relaxed) + [f"{retracted} more retracted"] * bool(retracted)
+    return regions, ("Rejection regions", f"{regions} ({', '.join(notes)})" if notes else regions)
 
 
 def generate_banel_model_card(

@@ -35,6 +35,8 @@ SETTINGS_RECORDED_LATER = {
     "world_size": 1,
     "retraction_p_value": None,
     "kappa": 1.0,
+    "relaxed_rejection_rate": None,
+    "relaxed_kappa": 2.0,
 }
 RECORDED_SETTINGS = (
     "seed",
@@ -55,6 +57,8 @@ RECORDED_SETTINGS = (
     "reference_model",
     "reference_min_successes",
     "retraction_p_value",
+    "relaxed_rejection_rate",
+    "relaxed_kappa",
     "warm_start_negative_model",
     "threshold_type",
     "target_rejection_rate",

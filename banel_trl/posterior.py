@@ -130,7 +130,8 @@ class BanelPosterior:
         temperature (`float`, *optional*, defaults to `1.0`):
             Temperature applied to the logits of every likelihood, the one the regions were fit with.
         kappa (`float`, *optional*, defaults to `1.0`):
-            Exponent of each negative model in its region's score: `kappa * log p_phi_k(x) - log p_ref_k(x)`.
+            Exponent of each negative model in its region's score: `kappa * log p_phi_k(x) - log p_ref_k(x)`; a
+            region with a `kappa` of its own (a relaxed one) uses that.
         length_normalize (`bool`, *optional*, defaults to `False`):
             Compare per-token mean log-likelihoods instead of sums.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
@@ -277,7 +278,8 @@ class BanelPosterior:
                 scored = self._stage_log_probs([regions[k] for k in stage], alive, shared, inputs)
                 stage_ratios = torch.stack(
                     [
-                        self.kappa * scored[regions[k].adapter_name] - scored[regions[k].reference_adapter]
+                        self.region_kappa(regions[k]) * scored[regions[k].adapter_name]
+                        - scored[regions[k].reference_adapter]
                         for k in stage
                     ],
                     dim=1,
@@ -366,6 +368,10 @@ class BanelPosterior:
                 self.model.set_adapter(previous)
                 for parameter, flag in requires_grad:
                     parameter.requires_grad_(flag)
+
+    def region_kappa(self, region: RejectionRegion) -> float:
+        """The exponent of `region`'s negative model in its score: its own (a relaxed region's), else `kappa`."""
+        return self.kappa if region.kappa is None else region.kappa
 
     def rejects(self, log_ratios: torch.Tensor) -> torch.Tensor:
         """

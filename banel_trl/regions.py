@@ -19,8 +19,10 @@ class RejectionRegion:
     negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
     a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). `proposal` is the
     model whose samples the region was fit on: `p_theta`, or a distilled proposal (see `BanelConfig.distill_posterior`).
-    A `retracted` region rejects nothing: the next round's paid samples did not show it helped (see
-    `BanelConfig.retraction_p_value`).
+    `kappa`, when set, replaces the posterior's exponent of `p_phi_k` in this region's score. The paid samples of
+    the next rounds review a region (see `BanelConfig.retraction_p_value`): `reviewed_round` is the round whose samples
+    last changed it, by relaxing it (a shallower cut, see `BanelConfig.relaxed_rejection_rate`) or by retracting it
+    (a `retracted` region rejects nothing).
     """
 
     adapter_name: str
@@ -29,6 +31,17 @@ class RejectionRegion:
     reference_adapter: str = BASE_ADAPTER
     proposal: str = BASE_ADAPTER
     retracted: bool = False
+    kappa: float | None = None
+    reviewed_round: int | None = None
+
+    def __post_init__(self):
+        if self.retracted and self.reviewed_round is None:
+            self.reviewed_round = self.round + 1  # saved before `reviewed_round` was: retraction was its next round's
+
+    @property
+    def last_round(self) -> int:
+        """The last round that added or changed the region."""
+        return self.round if self.reviewed_round is None else self.reviewed_round
 
     @property
     def adapter_names(self) -> list[str]:

@@ -259,6 +259,7 @@ def failure_patterns(
                 "round": region.round,
                 "threshold": region.threshold,
                 "retracted": region.retracted,
+                "relaxed": region.reviewed_round is not None and not region.retracted,
                 "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
                 "most_likely": [entry(i, k) for i in order[:top_k]],
                 "least_likely": [entry(i, k) for i in order[::-1][:top_k]],
@@ -285,9 +286,10 @@ def _patterns_section(patterns: list[dict]) -> list[str]:
         "",
     ]
     for pattern in patterns:
+        state = "relaxed: rejects " if pattern["relaxed"] else "rejects "
         lines += [
             f"### Region {pattern['round']} (threshold {pattern['threshold']:.3f}, "
-            + ("retracted: it rejects nothing, it would reject " if pattern["retracted"] else "rejects ")
+            + ("retracted: it rejects nothing, it would reject " if pattern["retracted"] else state)
             + f"{pattern['rejected_share']:.0%} of the scored failures)",
             "",
             f"| most likely under p_phi_{pattern['round']} (vs p_ref_{pattern['round']}) | score | least likely | "

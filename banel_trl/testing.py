@@ -121,6 +121,40 @@ def rare_b_proposal(seed: int = 0, length: int = 6, rate: float = 0.02):
     return tokenizer, pretrain(tiny_qwen2(tokenizer, seed=seed), tokenizer, texts, steps=300, seed=seed)
 
 
+CHECKSUM_MODULUS = 50
+
+
+def checksum_is_zero(completions, **kwargs):
+    """
+    The checksum task's reward (TRL's contract): 1 for a completion whose letters, weighted by position, sum to 0
+    modulo `CHECKSUM_MODULUS` (letter `a` is 1, `b` 2, ...; spaces are ignored).
+    """
+    letters = ["".join(completion.split()) for completion in completions]
+    weighted = [sum((i + 1) * (ord(letter) - ord("a") + 1) for i, letter in enumerate(text)) for text in letters]
+    return [float(bool(text) and total % CHECKSUM_MODULUS == 0) for text, total in zip(letters, weighted, strict=True)]
+
+
+def checksum_proposal(seed: int = 0, length: int = 10, alphabet: str = "abcdefgh"):
+    """
+    The checksum task's proposal, a task whose successes look like ordinary samples: a tiny Qwen2 pretrained on
+    `length`-letter strings from a random Markov chain over `alphabet` (its transitions drawn from `seed`). A success
+    ([`checksum_is_zero`]) is a hash of the whole string, about 1 in `CHECKSUM_MODULUS` of any kind of string: failures
+    cannot tell where successes are, and BaNEL can at best keep the pretrained rate. Returns `(tokenizer, model)`.
+    """
+    tokenizer = char_tokenizer(alphabet)
+    rng = random.Random(seed)
+    transitions = {letter: [rng.expovariate(1.0) for _ in alphabet] for letter in alphabet}
+
+    def string() -> str:
+        letters = [rng.choice(alphabet)]
+        while len(letters) < length:
+            letters.append(rng.choices(alphabet, weights=transitions[letters[-1]])[0])
+        return "".join(letters)
+
+    texts = [string() for _ in range(5000)]
+    return tokenizer, pretrain(tiny_qwen2(tokenizer, seed=seed), tokenizer, texts, steps=300, seed=seed)
+
+
 # Offline stand-ins for the Hub fixtures of TRL's tests (tests/test_grpo_trainer_port.py).
 ZEN_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ,.'-?!"
 ZEN_PROMPTS = [  # trl-internal-testing/zen, standard_prompt_only: 17 train prompts, then 2 test prompts

@@ -25,7 +25,7 @@ from .collect import (
     log_round_completions,
     negative_examples,
     region_has_evidence,
-    retract_unhelpful_region,
+    review_newest_region,
     round_fell_short,
     round_metrics,
 )
@@ -300,9 +300,9 @@ class BanelTrainer(AdapterFits, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         try:
             self._open_ledger(force=resume_from_checkpoint == FORCE)
-            # A round that added no region (`reference_min_successes`, `retraction_p_value`) is read back from the
-            # ledger.
-            first_round = self.posterior.regions[-1].round + 1 if self.posterior.regions else 0
+            # A round that added no region (`reference_min_successes`) is read back from the ledger; one that changed
+            # a region (`retraction_p_value`) saved the change.
+            first_round = max((region.last_round for region in self.posterior.regions), default=-1) + 1
             for k in range(first_round, args.num_rounds):
                 if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
                     break  # the budget is spent and every round that sampled is done
@@ -317,21 +317,21 @@ class BanelTrainer(AdapterFits, Trainer):
                     logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
                     break
                 region, fit_loss = None, None
-                # The paid evidence keeps or retracts the previous round's region; a round that retracts adds none.
-                retracted = retract_unhelpful_region(self.ledger, self.posterior.regions, k, args)
-                if not retracted and region_has_evidence(self.ledger, k, args):
+                # The paid evidence keeps, relaxes or retracts the newest region; a round that changes it adds none.
+                changed = review_newest_region(self.ledger, self.posterior.regions, k, args, self._relax_region)
+                if not changed and region_has_evidence(self.ledger, k, args):
                     region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
                     self.posterior.add_region(region)
                     fit_losses.append(fit_loss)
                     if args.distill_posterior:
                         self._distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
-                if (retracted or region is not None) and args.should_save:
+                if (changed or region is not None) and args.should_save:
                     self._save_posterior()
                 self._log_round(k, stats, region, fit_loss, len(negatives))
-                if not retracted and round_fell_short(
+                if not changed and round_fell_short(
                     k, stats, self.num_reward_evaluations, args.max_reward_evaluations
                 ):
-                    break  # the posterior accepts too little to go on (a retraction raised its acceptance again)
+                    break  # the posterior accepts too little to go on (a change raised its acceptance again)
         finally:
             self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
         return self._end_run(fit_losses, start_time)
