@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 
 from accelerate import Accelerator
-from scipy.stats import fisher_exact
+from scipy.stats import binomtest, fisher_exact
 from transformers.utils import is_rich_available
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import print_prompt_completions_sample
@@ -394,7 +394,9 @@ def review_newest_region(
 
     - A region as fit in round `k - 1` stays if round `k`'s samples, drawn with it, succeed more often than round
       `k - 1`'s, drawn without it (one-sided Fisher exact test). Otherwise `relax(region)` cuts it back (see
-      `relaxed_rejection_rate`), or without a relaxed cut it is retracted.
+      `relaxed_rejection_rate`) and returns how many of round `k - 1`'s successes the relaxed cut rejects, of how
+      many; it is retracted instead if that is more than its rate of failures (one-sided binomial test), or if there
+      is no relaxed cut.
     - A region relaxed in round `k - 1` stays unless round `k`'s samples succeed less often than those it was fit on
       (the same test the other way): a shallow cut's gains are too small for a round to show.
     """
@@ -412,21 +414,26 @@ def review_newest_region(
     if (p_value < args.retraction_p_value) == as_fit:
         return False
     newest.reviewed_round = k
+    (with_region, num_with), (without, num_without) = counts
+    evidence = (
+        f"its paid samples succeeded {with_region} times in {num_with}, against {without} in {num_without} without "
+        f"the region (one-sided Fisher test p = {p_value:.3g}, `retraction_p_value`={args.retraction_p_value})"
+    )
     relaxes = as_fit and args.relaxed_rejection_rate is not None and args.threshold_type == "calibrated"
     if relaxes:
-        relax(newest)
-    else:
-        newest.retracted = True
-    (with_region, num_with), (without, num_without) = counts
-    logger.warning(
-        f"Round {k} {'relaxes' if relaxes else 'retracts'} the region of round {newest.round}: its paid samples "
-        f"succeeded {with_region} times in {num_with}, against {without} in {num_without} without the region "
-        f"(one-sided Fisher test p = {p_value:.3g}, `retraction_p_value`={args.retraction_p_value}). "
-        + (
-            f"It now rejects {args.relaxed_rejection_rate:g} of its held-out failures, at kappa {args.relaxed_kappa:g}"
-            if relaxes
-            else "It stops rejecting"
+        rejected, num_successes = relax(newest)
+        rate = args.relaxed_rejection_rate
+        harm = float(binomtest(rejected, num_successes, rate, alternative="greater").pvalue) if num_successes else 1.0
+        relaxes = harm >= args.retraction_p_value
+        evidence += (
+            f"; relaxed to reject {rate:g} of its held-out failures at kappa {args.relaxed_kappa:g}, it would reject "
+            f"{rejected} of the {num_successes} successes paid in round {newest.round} (one-sided binomial test p = "
+            f"{harm:.3g})"
         )
+    newest.retracted = not relaxes
+    logger.warning(
+        f"Round {k} {'relaxes' if relaxes else 'retracts'} the region of round {newest.round}: {evidence}. "
+        + ("It stops rejecting" if newest.retracted else "It keeps the relaxed cut")
         + ", and this round adds no region: its samples came from the posterior it changed."
     )
     return True

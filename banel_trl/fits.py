@@ -82,21 +82,33 @@ class AdapterFits:
             )
         return region, loss
 
-    def _relax_region(self, region: RejectionRegion) -> None:
+    def _relax_region(self, region: RejectionRegion) -> tuple[int, int]:
         """
         Cut `region` back to `relaxed_rejection_rate` of the failures held out of its fit (drawn again from the
-        ledger, as when it was fit), scored with `relaxed_kappa` (see `BanelConfig.relaxed_rejection_rate`).
+        ledger, as when it was fit), scored with `relaxed_kappa` (see `BanelConfig.relaxed_rejection_rate`). Returns
+        how many of the successes paid in the region's round the relaxed cut rejects, and how many there are: they
+        were never trained on, so they tell whether it rejects successes more than failures.
         """
-        args = self.args
+        args, device = self.args, self.accelerator.device
         negatives = negative_examples(self.ledger, self.sampler, region.round, args.negative_samples)
         _, calibration = hold_out_calibration(
             negatives, region.round, args.calibration_fraction, args.seed + region.round
         )
         region.kappa = args.relaxed_kappa
-        batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
+        batch = {key: value.to(device) for key, value in self.data_collator(calibration).items()}
         region.threshold = on_main_process(
             self.accelerator, calibrated_threshold, self.posterior, region, batch, args.relaxed_rejection_rate
         )
+        successes = [
+            {"prompt_ids": self.sampler.prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"]}
+            for r in self.ledger.paid_in_round(region.round)
+            if r["success"]
+        ]
+        if not successes:
+            return 0, 0
+        batch = {key: value.to(device) for key, value in self.data_collator(successes).items()}
+        scores = on_main_process(self.accelerator, lambda: self.posterior.log_ratios(**batch, regions=[region]).cpu())
+        return int((scores[:, 0] > region.threshold).sum()), len(successes)
 
     def _fit_adapter(
         self, name: str, examples: list[dict], warm_start: str | None = None, epochs: float | None = None

@@ -55,6 +55,7 @@ def configs(draw):
         warm_start_negative_model=draw(st.booleans()),
         reference_min_successes=draw(st.sampled_from([0, 1, 3])),
         retraction_p_value=draw(st.sampled_from([None, 0.05, 0.9])),
+        relaxed_rejection_rate=draw(st.sampled_from([None, 0.5, 0.9])),
         seed=draw(st.integers(0, 2**16)),
     )
 

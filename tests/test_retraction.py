@@ -19,13 +19,18 @@ def paid(successes: int, failures: int) -> list[dict]:
     return [{"success": True}] * successes + [{"success": False}] * failures
 
 
-def review(rounds: list[tuple[int, int]], region: RejectionRegion, k: int, **settings) -> tuple[bool, list]:
-    """`review_newest_region` of round `k` with `rounds[j]` = (successes, failures) paid in round j: (changed, relaxed)."""
+def review(
+    rounds: list[tuple[int, int]], region: RejectionRegion, k: int, rejected=(0, 0), **settings
+) -> tuple[bool, list]:
+    """
+    `review_newest_region` of round `k` with `rounds[j]` = (successes, failures) paid in round j, and a relaxed cut
+    that would reject `rejected` = (how many, of how many) of the region's round's successes: (changed, relaxed).
+    """
     ledger = types.SimpleNamespace(paid_in_round=lambda j: paid(*rounds[j]))
     defaults = dict(retraction_p_value=0.05, distill_posterior=False, relaxed_rejection_rate=0.9, relaxed_kappa=2.0)
     args = types.SimpleNamespace(**{**defaults, "threshold_type": "calibrated", **settings})
     relaxed = []
-    return review_newest_region(ledger, [region], k, args, relaxed.append), relaxed
+    return review_newest_region(ledger, [region], k, args, lambda r: relaxed.append(r) or rejected), relaxed
 
 
 @pytest.mark.parametrize(
@@ -58,6 +63,23 @@ def test_the_paid_evidence_keeps_relaxes_or_retracts_the_previous_region(
     fresh = RejectionRegion("region_0", 0.1, round=0)
     assert review([round_0, round_1], fresh, 1, threshold_type="filter_factor") == (changed, [])
     assert fresh.retracted is changed
+
+
+@pytest.mark.parametrize(
+    "rejected, retracted",
+    [
+        ((0, 0), False),  # no success to judge the relaxed cut by
+        ((10, 10), False),  # every one, but 10 of 10 at a rate of 0.9 is within chance (p = 0.35)
+        ((30, 30), True),  # p = 0.04: it rejects the successes more than the failures
+        ((20, 30), False),  # fewer than the failures
+    ],
+)
+def test_a_relaxed_cut_that_rejects_the_successes_of_its_round_more_than_the_failures_is_retracted(
+    rejected, retracted
+):
+    region = RejectionRegion("region_0", 0.1, round=0)
+    assert review([(30, 3720), (30, 3720)], region, 1, rejected) == (True, [region])
+    assert region.retracted is retracted and region.reviewed_round == 1
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from collections import defaultdict
 
 import torch
 from datasets import Dataset
+from peft import LoraConfig
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.posterior import completion_log_probs
@@ -33,18 +34,19 @@ from run import CACHE_DIR  # noqa: E402
 
 def summarize(path: str) -> str:
     """
-    Per variant, epoch count and exponent: kept share of successes (and gain) per seed at each rejection rate, and the
-    AUC.
+    Per variant, epoch count, LoRA rank and exponent: kept share of successes (and gain) per seed at each rejection
+    rate, and the AUC.
     """
     groups = defaultdict(list)
     with open(path) as file:
         for result in map(json.loads, file):
-            groups[result["variant"], result["epochs"], result.get("kappa", 1.0)].append(result)
+            key = result["variant"], result["epochs"], result.get("lora_rank", 16), result.get("kappa", 1.0)
+            groups[key].append(result)
     tables = []
-    for (variant, epochs, kappa), results in sorted(groups.items()):
+    for (variant, epochs, rank, kappa), results in sorted(groups.items()):
         results.sort(key=lambda result: result["seed"])
         lines = [
-            f"{variant}, {epochs:g} epochs, kappa {kappa:g}, {results[0]['num_failures']} failures fit",
+            f"{variant}, {epochs:g} epochs, LoRA rank {rank}, kappa {kappa:g}, {results[0]['num_failures']} failures fit",
             "",
             "| failures rejected | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean gain |",
             "|---|" + "---|" * (len(results) + 1),
@@ -64,6 +66,13 @@ def main(argv=None):
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.5, 0.9, 0.99, 0.995, 0.998, 0.999])
+    parser.add_argument(
+        "--lora_rank",
+        type=int,
+        default=16,
+        help="rank of the negative model's LoRA on every linear layer (16: BaNEL's default; 64, the attacker's width: "
+        "every update of its linear layers, a full fine-tune of them)",
+    )
     parser.add_argument("--kappas", type=float, nargs="+", default=[1.0], help="exponents of p_phi in the score")
     parser.add_argument("--pool_samples", type=int, default=200_000)
     parser.add_argument("--pool_failures", type=int, default=20_000)
@@ -102,6 +111,9 @@ def main(argv=None):
         args=config,
         processing_class=tokenizer,
         train_dataset=Dataset.from_dict({"prompt": [tokenizer.bos_token]}),
+        peft_config=LoraConfig(
+            r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
     )
     trainer.train()
     batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
@@ -134,6 +146,7 @@ def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:
     result = {
         "num_failures": args.num_failures,
         "epochs": args.epochs,
+        "lora_rank": args.lora_rank,
         "kappa": kappa,
         "seed": args.seed,
         "variant": "no_leading_zeros" if args.no_leading_zeros else "leading_zeros",

@@ -5,7 +5,8 @@ Each seed builds its task's proposal offline (`banel_trl.testing`), runs `BanelT
 7,500-evaluation budget in two rounds, the calibrated cuts, retraction and relaxation; only the batch sizes are raised,
 which changes the random stream, not the method), then draws `--eval_proposals` fresh candidates from `p_theta`: the
 pretrained success rate is measured on all of them, the posterior's on those it accepts (the same draws, so the ratio
-carries less noise than two separate samples).
+carries less noise than two separate samples); a posterior that accepts little is drawn on until its accepted draws
+hold `--min_successes` successes (or `--max_eval_proposals` are drawn).
 
 - toy: 10-letter strings over "abcd"; a success starts with "b" (~4% of `p_theta`'s strings): successes look unlike
   the failures.
@@ -44,12 +45,18 @@ def parse_value(text: str):
         return text
 
 
-def success_rates(trainer: BanelTrainer, reward, num_proposals: int, batch_size: int, seed: int) -> dict:
-    """Success rates of `p_theta` (every draw) and of the posterior (the draws it accepts), from the same draws."""
+def success_rates(trainer: BanelTrainer, reward, options, batch_size: int, seed: int) -> dict:
+    """
+    Success rates of `p_theta` (every draw) and of the posterior (the draws it accepts), from the same draws: at least
+    `options.eval_proposals`, and more until the posterior's draws hold `options.min_successes` successes or
+    `options.max_eval_proposals` are drawn.
+    """
     posterior, tokenizer = trainer.posterior, trainer.processing_class
     torch.manual_seed(seed)
     counts = {"proposed": 0, "successes": 0, "accepted": 0, "accepted_successes": 0}
-    while counts["proposed"] < num_proposals:
+    while counts["proposed"] < options.eval_proposals or (
+        counts["accepted_successes"] < options.min_successes and counts["proposed"] < options.max_eval_proposals
+    ):
         input_ids = torch.full((batch_size, 1), tokenizer.bos_token_id)
         proposal = posterior.propose(input_ids, torch.ones_like(input_ids), trainer.generation_config)
         texts = tokenizer.batch_decode(proposal.completion_ids, skip_special_tokens=True)
@@ -86,7 +93,7 @@ def run(task: str, seed: int, options) -> dict:
         )
         trainer.train()
         train_seconds = time.time() - start
-        rates = success_rates(trainer, reward, options.eval_proposals, 4096, seed + 1000)
+        rates = success_rates(trainer, reward, options, 4096, seed + 1000)
     regions = [
         "retracted" if r.retracted else "relaxed" if r.reviewed_round is not None else "as_fit"
         for r in trainer.posterior.regions
@@ -109,6 +116,8 @@ def main():
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--eval_proposals", type=int, default=400_000, help="fresh p_theta draws per evaluation")
+    parser.add_argument("--min_successes", type=int, default=20, help="draw on until the posterior's hold this many")
+    parser.add_argument("--max_eval_proposals", type=int, default=4_000_000, help="but never more draws than this")
     parser.add_argument("--results", help="append one JSON line per run to this file")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--banel", nargs="*", default=[], help="BanelConfig overrides, key=value (JSON values)")
