@@ -164,8 +164,10 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             The shallower cut a region falls back to when the next round's paid samples do not show it helped (see
             `retraction_p_value`): it then rejects this share of the failures held out of its fit, scored with
             `relaxed_kappa`. A deep cut keeps atypical successes; a shallow one with `kappa` above 1 keeps successes
-            that are merely less likely under the proposal, which a round's few successes cannot show.
-            `None` retracts such a region instead. With `threshold_type="filter_factor"` it is retracted.
+            that are merely less likely under the proposal, which a round's few successes cannot show. It is
+            retracted instead if it would reject the successes paid in the region's own round (never trained on) more
+            often than that share (one-sided binomial test at `retraction_p_value`). `None` retracts such a region.
+            With `threshold_type="filter_factor"` it is retracted.
         relaxed_kappa (`float`, *optional*, defaults to `2.0`):
             The `kappa` of a relaxed region's score (see `relaxed_rejection_rate`).
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):

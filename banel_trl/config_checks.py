@@ -17,11 +17,13 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 logger = logging.getLogger(__name__)
 
 
+# BaNEL's options that take one of a few values.
 CHOICES = {
     "threshold_type": ("calibrated", "filter_factor"),
     "negative_samples": ("round", "all"),
     "reference_model": ("posterior", "proposal"),
 }
+
 # Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
 # only act on its results), each with the value that turns it off. BaNEL's `evaluate` pays reward calls.
 EVALUATION_OPTIONS = {

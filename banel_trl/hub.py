@@ -91,7 +91,7 @@ def _regions_row(config: dict) -> tuple[int, tuple[str, int | str]]:
     retracted = sum(bool(region.get("retracted")) for region in config["regions"])
     relaxed = sum(region.get("reviewed_round") is not None for region in config["regions"]) - retracted
     regions = len(config["regions"]) - retracted
-    notes = [f"{relaxed} relaxed"] * bool(relaxed) + [f"{retracted} more retracted"] * bool(retracted)
+    notes = ([f"{relaxed} relaxed"] if relaxed else []) + ([f"{retracted} more retracted"] if retracted else [])
     return regions, ("Rejection regions", f"{regions} ({', '.join(notes)})" if notes else regions)
 
 

@@ -260,6 +260,7 @@ def failure_patterns(
                 "threshold": region.threshold,
                 "retracted": region.retracted,
                 "relaxed": region.reviewed_round is not None and not region.retracted,
+                "kappa": posterior.region_kappa(region),
                 "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
                 "most_likely": [entry(i, k) for i in order[:top_k]],
                 "least_likely": [entry(i, k) for i in order[::-1][:top_k]],
@@ -286,7 +287,7 @@ def _patterns_section(patterns: list[dict]) -> list[str]:
         "",
     ]
     for pattern in patterns:
-        state = "relaxed: rejects " if pattern["relaxed"] else "rejects "
+        state = f"relaxed, kappa {pattern['kappa']:g}: rejects " if pattern["relaxed"] else "rejects "
         lines += [
             f"### Region {pattern['round']} (threshold {pattern['threshold']:.3f}, "
             + ("retracted: it rejects nothing, it would reject " if pattern["retracted"] else state)

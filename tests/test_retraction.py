@@ -146,7 +146,7 @@ def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_i
         assert saved[0]["kappa"] == 2.0 and saved[0]["threshold"] == first.threshold
         assert 0.0 < rounds[2]["acceptance_rate"] < 0.5 and [log["regions"] for log in rounds] == [1, 1, 2]
         assert [region.round for region in posterior.active_regions] == [0, 2]
-        assert "| Rejection regions | 2 (1 relaxed) |" in card and "relaxed: rejects" in text
+        assert "| Rejection regions | 2 (1 relaxed) |" in card and "relaxed, kappa 2: rejects" in text
     else:
         assert rounds[2]["acceptance_rate"] == 1.0 and [log["regions"] for log in rounds] == [1, 0, 1]
         assert [region["retracted"] for region in saved] == [True, False]
