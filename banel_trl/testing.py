@@ -138,8 +138,9 @@ def checksum_proposal(seed: int = 0, length: int = 10, alphabet: str = "abcdefgh
     """
     The checksum task's proposal, a task whose successes look like ordinary samples: a tiny Qwen2 pretrained on
     `length`-letter strings from a random Markov chain over `alphabet` (its transitions drawn from `seed`). A success
-    ([`checksum_is_zero`]) is a hash of the whole string, about 1 in `CHECKSUM_MODULUS` of any kind of string: failures
-    cannot tell where successes are, and BaNEL can at best keep the pretrained rate. Returns `(tokenizer, model)`.
+    ([`checksum_is_zero`]) is a hash of the whole string, about 1 in `CHECKSUM_MODULUS` of most kinds of string:
+    failures tell little of where successes are, and BaNEL must at least keep the pretrained rate. Returns
+    `(tokenizer, model)`.
     """
     tokenizer = char_tokenizer(alphabet)
     rng = random.Random(seed)
