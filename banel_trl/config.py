@@ -160,7 +160,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             With `relaxed_rejection_rate` set, such a region is relaxed instead of retracted, and retracted only if the
             round after shows it lowered the success rate (the same test, the other way). `None` keeps every region
             as fit. The exact loop only: a distilled proposal has the region in its weights.
-        relaxed_rejection_rate (`float` or `None`, *optional*, defaults to `0.9`):
+        relaxed_rejection_rate (`float` or `None`, *optional*, defaults to `0.95`):
             The shallower cut a region falls back to when the next round's paid samples do not show it helped (see
             `retraction_p_value`): it then rejects this share of the failures held out of its fit, scored with
             `relaxed_kappa`. A deep cut keeps atypical successes; a shallow one with `kappa` above 1 keeps successes
@@ -446,7 +446,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         },
     )
     relaxed_rejection_rate: float | None = field(
-        default=0.9,
+        default=0.95,
         metadata={
             "help": "Relax a region the next round does not show to help to this shallower cut (scored with "
             "relaxed_kappa) instead of retracting it; it is retracted if it then shows a loss. None: retract it."
