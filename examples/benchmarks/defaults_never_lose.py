@@ -13,11 +13,14 @@ hold `--min_successes` successes (or `--max_eval_proposals` are drawn).
 - checksum: 10-letter strings from a random Markov chain over "abcdefgh"; a success is a string whose
   position-weighted letter sum is 0 modulo 50 (~2%): successes look like ordinary samples, no region can find them,
   and the defaults must keep the pretrained rate.
+- likely: the checksum task's proposal; a success is one of its most likely strings (log-likelihood in the top 2% of
+  its own samples): the worst case for a cut that rejects what the proposal finds likely.
 
     python examples/benchmarks/defaults_never_lose.py --tasks toy checksum --seeds 0 1 2 3 4 --results R.jsonl
 """
 
 import argparse
+import copy
 import json
 import math
 import tempfile
@@ -32,9 +35,56 @@ from banel_trl.testing import checksum_is_zero, checksum_proposal, rare_b_propos
 
 
 LENGTH = 10
+
+
+class MostLikely:
+    """
+    The likely task's reward: a completion succeeds when its log-likelihood under the (frozen) proposal is in the top
+    `rate` of the proposal's own samples, so successes are the proposal's most typical strings.
+    """
+
+    __name__ = "most_likely"
+
+    def __init__(self, model, tokenizer, rate: float = 0.02, num_samples: int = 20_000, seed: int = 0):
+        self.model, self.tokenizer = copy.deepcopy(model).eval(), tokenizer
+        torch.manual_seed(seed)
+        input_ids = torch.full((num_samples, 1), tokenizer.bos_token_id)
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True, max_new_tokens=LENGTH + 1,
+                top_k=0, pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        texts = tokenizer.batch_decode(output[:, 1:], skip_special_tokens=True)
+        self.threshold = torch.quantile(self.log_likelihoods(texts), 1.0 - rate).item()
+
+    @torch.no_grad()
+    def log_likelihoods(self, completions: list[str]) -> torch.Tensor:
+        """`log p_theta` of each completion, its end of sequence included."""
+        ids = [self.tokenizer("".join(text.split()))["input_ids"] for text in completions]
+        length = max(map(len, ids)) + 2
+        input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id)
+        for row, sequence in enumerate(ids):
+            input_ids[row, : len(sequence) + 2] = torch.tensor(
+                [self.tokenizer.bos_token_id, *sequence, self.tokenizer.eos_token_id]
+            )
+        mask = input_ids != self.tokenizer.pad_token_id
+        logits = self.model(input_ids=input_ids, attention_mask=mask.long()).logits[:, :-1]
+        token_log_probs = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        return (token_log_probs * mask[:, 1:]).sum(dim=1)
+
+    def __call__(self, completions, **kwargs):
+        return [float(value >= self.threshold) for value in self.log_likelihoods(completions).tolist()]
+
+
+def likely_task(seed: int):
+    tokenizer, model = checksum_proposal(seed=seed, length=LENGTH)
+    return tokenizer, model, MostLikely(model, tokenizer, seed=seed)
+
+
 TASKS = {
-    "toy": (lambda seed: rare_b_proposal(seed=seed, length=LENGTH), starts_with_b),
-    "checksum": (lambda seed: checksum_proposal(seed=seed, length=LENGTH), checksum_is_zero),
+    "toy": lambda seed: (*rare_b_proposal(seed=seed, length=LENGTH), starts_with_b),
+    "checksum": lambda seed: (*checksum_proposal(seed=seed, length=LENGTH), checksum_is_zero),
+    "likely": likely_task,
 }
 
 
@@ -73,8 +123,7 @@ def success_rates(trainer: BanelTrainer, reward, options, batch_size: int, seed:
 
 
 def run(task: str, seed: int, options) -> dict:
-    build, reward = TASKS[task]
-    tokenizer, model = build(seed)
+    tokenizer, model, reward = TASKS[task](seed)
     start = time.time()
     with tempfile.TemporaryDirectory() as output_dir:
         settings = dict(generation_batch_size=4096, scoring_batch_size=4096) | dict(options.banel)
