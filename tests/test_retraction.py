@@ -1,4 +1,7 @@
-"""`retraction_p_value`: a region stays only if the paid samples drawn with it succeed more often than without it."""
+"""
+`retraction_p_value` and `relaxed_rejection_rate`: a region stays only if the paid samples drawn with it succeed more
+often than without it; otherwise it is relaxed to a shallower cut, or retracted.
+"""
 
 import json
 import os
