@@ -4,7 +4,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from banel_trl import BanelConfig
+from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.testing import rare_b_proposal
 
 
@@ -47,6 +47,25 @@ def proposal(make_proposal):
 @pytest.fixture
 def unconditional_dataset():
     return Dataset.from_dict({"prompt": [""]})
+
+
+@pytest.fixture
+def train_toy(make_proposal, tokenizer, unconditional_dataset, caplog):
+    """
+    Run `BanelTrainer(args=args)` with `reward` on a fresh copy of the toy proposal, capturing the warnings of
+    `logger`, and close its ledger; returns the trainer.
+    """
+
+    def train(args, reward, logger="banel_trl"):
+        trainer = BanelTrainer(
+            make_proposal(), reward, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+        )
+        with caplog.at_level("WARNING", logger=logger):
+            trainer.train()
+        trainer.ledger.close()
+        return trainer
+
+    return train
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from banel_trl import BanelPosterior, BanelTrainer
+from banel_trl import BanelPosterior
 from banel_trl.collect import review_newest_region
 from banel_trl.hub import generate_banel_model_card
 from banel_trl.regions import POSTERIOR_CONFIG_NAME, RejectionRegion
@@ -107,7 +107,7 @@ def never_succeeds(completions, **kwargs):
 
 @pytest.mark.parametrize("relaxed_rejection_rate", [None, 0.9])
 def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_in_the_run_and_when_saved(
-    make_proposal, tokenizer, unconditional_dataset, make_config, caplog, relaxed_rejection_rate
+    train_toy, make_proposal, tokenizer, make_config, caplog, relaxed_rejection_rate
 ):
     args = make_config(
         first_region_rejection_rate=0.9,
@@ -116,17 +116,7 @@ def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_i
         relaxed_rejection_rate=relaxed_rejection_rate,
     )
     counting = CountingReward(never_succeeds)
-
-    def train():
-        trainer = BanelTrainer(
-            make_proposal(), counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
-        )
-        with caplog.at_level("WARNING", logger="banel_trl.collect"):
-            trainer.train()
-        trainer.ledger.close()
-        return trainer
-
-    trainer = train()
+    trainer = train_toy(args, counting, logger="banel_trl.collect")
     first, last = trainer.posterior.regions
     # Round 1 found no more successes with region 0 than round 0 without it: it retracts or relaxes region 0 and adds
     # none; round 2 samples without it (or with the relaxed cut) and adds its own region (the last: no round judges it).
@@ -156,7 +146,7 @@ def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_i
         assert [region.round for region in posterior.active_regions] == [2]
         assert "| Rejection regions | 1 (1 more retracted) |" in card and "retracted: it rejects nothing" in text
     # A resumed run takes the same decisions from the ledger, and pays nothing again.
-    assert train().posterior.regions == [first, last]
+    assert train_toy(args, counting).posterior.regions == [first, last]
     assert len(counting.calls) == 150
 
 
@@ -176,7 +166,7 @@ class FirstPaidSucceed:
 
 
 def test_a_relaxed_region_that_loses_successes_is_retracted_and_a_resumed_run_goes_on_after_the_change(
-    make_proposal, tokenizer, unconditional_dataset, make_config
+    train_toy, make_config
 ):
     # Round 0 pays 10 successes in 50, rounds 1 and 2 none: round 1 relaxes region 0 (no gain), round 2 retracts the
     # relaxed region (a loss, p < 0.001). The run is then resumed for a round 3, which samples p_theta again and adds
@@ -186,12 +176,7 @@ def test_a_relaxed_region_that_loses_successes_is_retracted_and_a_resumed_run_go
 
     def train(num_rounds):
         args = make_config(max_reward_evaluations=200, num_rounds=num_rounds, retraction_p_value=0.05, **settings)
-        trainer = BanelTrainer(
-            make_proposal(), reward, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
-        )
-        trainer.train()
-        trainer.ledger.close()
-        return trainer.posterior.regions
+        return train_toy(args, reward).posterior.regions
 
     assert [(r.round, r.reviewed_round, r.retracted, r.kappa) for r in train(3)] == [(0, 2, True, 2.0)]
     regions = train(4)

@@ -214,17 +214,11 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
 
 
 def test_a_round_with_too_few_successes_adds_no_region_and_keeps_its_evaluations(
-    make_proposal, tokenizer, unconditional_dataset, make_config, caplog, tmp_path
+    train_toy, make_config, caplog, tmp_path
 ):
     def train(name, reward, reference_min_successes):
         args = make_config(output_dir=str(tmp_path / name), reference_min_successes=reference_min_successes)
-        trainer = BanelTrainer(
-            make_proposal(), reward, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
-        )
-        with caplog.at_level("WARNING", logger="banel_trl.trainer"):
-            trainer.train()
-        trainer.ledger.close()
-        return trainer
+        return train_toy(args, reward, logger="banel_trl.trainer")
 
     # Rounds 1 and 2 find a few successes each, fewer than 1000: only round 0's region, compared with p_theta.
     counting = CountingReward()
