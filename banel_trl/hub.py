@@ -10,7 +10,7 @@ from importlib.metadata import version
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from .ledger import LEDGER_NAME
-from .regions import read_posterior_config
+from .regions import RejectionRegion, config_regions, read_posterior_config
 from .report import REPORT_PLOT_NAME, RunSummary, clopper_pearson, plot_run, read_run
 
 
@@ -83,16 +83,16 @@ def _run_figures(
     return summary, rounds, successes
 
 
-def _regions_row(config: dict) -> tuple[int, tuple[str, int | str]]:
+def _regions_row(regions: list[RejectionRegion]) -> tuple[int, tuple[str, int | str]]:
     """
-    How many of the saved posterior's regions reject, and the card's summary row on them, which names the relaxed
+    How many of the saved posterior's `regions` reject, and the card's summary row on them, which names the relaxed
     ones and counts the retracted ones apart (see `BanelConfig.retraction_p_value`).
     """
-    retracted = sum(bool(region.get("retracted")) for region in config["regions"])
-    relaxed = sum(region.get("reviewed_round") is not None for region in config["regions"]) - retracted
-    regions = len(config["regions"]) - retracted
+    retracted = sum(region.retracted for region in regions)
+    relaxed = sum(region.relaxed for region in regions)
+    rejecting = len(regions) - retracted
     notes = ([f"{relaxed} relaxed"] if relaxed else []) + ([f"{retracted} more retracted"] if retracted else [])
-    return regions, ("Rejection regions", f"{regions} ({', '.join(notes)})" if notes else regions)
+    return rejecting, ("Rejection regions", f"{rejecting} ({', '.join(notes)})" if notes else rejecting)
 
 
 def generate_banel_model_card(
@@ -150,7 +150,7 @@ def generate_banel_model_card(
     base_model = base_model or config["base_model_name_or_path"]
     base_model_on_hub = bool(base_model) and not os.path.isdir(base_model)
     paper = paper or PAPER
-    regions, regions_row = _regions_row(config)
+    regions, regions_row = _regions_row(config_regions(config, output_dir))
     summary = [("Base model `p_theta`", f"`{base_model}`"), regions_row]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):

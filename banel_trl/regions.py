@@ -44,6 +44,11 @@ class RejectionRegion:
         return self.round if self.reviewed_round is None else self.reviewed_round
 
     @property
+    def relaxed(self) -> bool:
+        """Whether a later round relaxed the region (and none retracted it)."""
+        return self.reviewed_round is not None and not self.retracted
+
+    @property
     def adapter_names(self) -> list[str]:
         """The LoRA adapters the region is made of (with the distilled proposal it acts on)."""
         names = [self.adapter_name, self.reference_adapter, self.proposal]
@@ -70,8 +75,13 @@ def read_posterior_config(path: str) -> dict:
 
 def read_regions(path: str) -> list[RejectionRegion]:
     """The regions listed in a saved posterior folder (whose adapters are complete: the list is written last)."""
+    return config_regions(read_posterior_config(path), path)
+
+
+def config_regions(config: dict, path: str) -> list[RejectionRegion]:
+    """The regions listed in `config`, the saved posterior read from `path` (see [`read_posterior_config`])."""
     regions = []
-    for number, region in enumerate(read_posterior_config(path)["regions"]):
+    for number, region in enumerate(config["regions"]):
         try:
             regions.append(RejectionRegion(**region))
         except TypeError as error:

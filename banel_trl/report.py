@@ -259,7 +259,7 @@ def failure_patterns(
                 "round": region.round,
                 "threshold": region.threshold,
                 "retracted": region.retracted,
-                "relaxed": region.reviewed_round is not None and not region.retracted,
+                "relaxed": region.relaxed,
                 "kappa": posterior.region_kappa(region),
                 "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
                 "most_likely": [entry(i, k) for i in order[:top_k]],

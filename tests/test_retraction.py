@@ -182,3 +182,16 @@ def test_a_relaxed_region_that_loses_successes_is_retracted_and_a_resumed_run_go
     regions = train(4)
     assert [(r.round, r.reviewed_round, r.retracted) for r in regions] == [(0, 2, True), (3, None, False)]
     assert len(reward.calls) == len(set(reward.calls)) == 200
+
+
+def test_a_region_retracted_before_regions_recorded_their_review_is_counted_as_retracted_not_relaxed(tmp_path):
+    # A posterior saved by an earlier version: `retracted` without `reviewed_round` (the retraction was its next round's).
+    regions = [
+        {"adapter_name": "region_0", "threshold": 0.1, "round": 0, "retracted": True},
+        {"adapter_name": "region_1", "threshold": 0.1, "round": 2},
+    ]
+    with open(tmp_path / POSTERIOR_CONFIG_NAME, "w") as file:
+        json.dump({"regions": regions, "base_model_name_or_path": "toy"}, file)
+    assert RejectionRegion(**regions[0]).last_round == 1
+    card = generate_banel_model_card(str(tmp_path), "run", "user/run").content
+    assert "| Rejection regions | 1 (1 more retracted) |" in card

@@ -143,10 +143,7 @@ def run(task: str, seed: int, options) -> dict:
         trainer.train()
         train_seconds = time.time() - start
         rates = success_rates(trainer, reward, options, 4096, seed + 1000)
-    regions = [
-        "retracted" if r.retracted else "relaxed" if r.reviewed_round is not None else "as_fit"
-        for r in trainer.posterior.regions
-    ]
+    regions = ["retracted" if r.retracted else "relaxed" if r.relaxed else "as_fit" for r in trainer.posterior.regions]
     return {
         "task": task,
         "seed": seed,
