@@ -387,9 +387,8 @@ class BanelTrainer(AdapterFits, Trainer):
     def _log_round(
         self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
     ) -> None:
-        num_regions = sum(
-            not region.retracted for region in self.posterior.regions
-        )  # and the figures of the rewards, with what they logged
+        # The regions that reject (a retracted one does not), and the figures of the rewards, with what they logged.
+        num_regions = sum(not region.retracted for region in self.posterior.regions)
         metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, num_regions, self.rewards)
         metrics["negatives"] = num_negatives
         if region is not None:  # a round that added no region has no fit to report

@@ -14,7 +14,7 @@ class RoundProbe(BanelCallback):
     """
     After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
     round that added no region, see `reference_min_successes` and `retraction_p_value`, has no region figures; one
-    that retracted the previous round's region says so).
+    that relaxed or retracted a region says which).
     """
 
     def __init__(self, pool_batches: dict):
@@ -25,7 +25,7 @@ class RoundProbe(BanelCallback):
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
         region = trainer.posterior.regions[-1]
         added = region.round == metrics["round"]
-        retracted = region.retracted and region.round == metrics["round"] - 1
+        changed = "retracted" if region.retracted else "relaxed"
         row = {
             "round": metrics["round"],
             "nre": metrics["nre/used"],
@@ -38,7 +38,7 @@ class RoundProbe(BanelCallback):
                 if added
                 else {}
             ),
-            **({"retracted": region.round} if retracted else {}),
+            **({changed: region.round} if region.reviewed_round == metrics["round"] else {}),
         }
         self.rounds.append(row)
         print(
