@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 
 from accelerate import Accelerator
-from scipy.stats import binomtest, fisher_exact
+from scipy.stats import fisher_exact, mannwhitneyu
 from transformers.utils import is_rich_available
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import print_prompt_completions_sample
@@ -394,9 +394,10 @@ def review_newest_region(
 
     - A region as fit in round `k - 1` stays if round `k`'s samples, drawn with it, succeed more often than round
       `k - 1`'s, drawn without it (one-sided Fisher exact test). Otherwise `relax(region)` cuts it back (see
-      `relaxed_rejection_rate`) and returns how many of round `k - 1`'s successes the relaxed cut rejects, of how
-      many; it is retracted instead if that is more than its rate of failures (one-sided binomial test), or if there
-      is no relaxed cut.
+      `relaxed_rejection_rate`) and returns the relaxed scores of round `k - 1`'s successes and of the failures
+      held out of its fit; it is retracted instead if the successes score higher, so that the cut rejects them more
+      than the failures (one-sided Mann-Whitney U test: the ranks of every success among the failures, which tell
+      with a few successes what counting those beyond the threshold cannot), or if there is no relaxed cut.
     - A region relaxed in round `k - 1` stays unless round `k`'s samples succeed less often than those it was fit on
       (the same test the other way): a shallow cut's gains are too small for a round to show.
     """
@@ -421,14 +422,15 @@ def review_newest_region(
     )
     relaxes = as_fit and args.relaxed_rejection_rate is not None and args.threshold_type == "calibrated"
     if relaxes:
-        rejected, num_successes = relax(newest)
-        rate = args.relaxed_rejection_rate
-        harm = float(binomtest(rejected, num_successes, rate, alternative="greater").pvalue) if num_successes else 1.0
+        successes, failures = relax(newest)
+        harm = float(mannwhitneyu(successes, failures, alternative="greater").pvalue) if successes else 1.0
         relaxes = harm >= args.retraction_p_value
+        rejected = sum(score > newest.threshold for score in successes)
         evidence += (
-            f"; relaxed to reject {rate:g} of its held-out failures at kappa {args.relaxed_kappa:g}, it would reject "
-            f"{rejected} of the {num_successes} successes paid in round {newest.round} (one-sided binomial test p = "
-            f"{harm:.3g})"
+            f"; relaxed to reject {args.relaxed_rejection_rate:g} of its held-out failures at kappa "
+            f"{args.relaxed_kappa:g}, it would reject {rejected} of the {len(successes)} successes paid in round "
+            f"{newest.round}, whose scores rank above those failures' with one-sided Mann-Whitney U test p = "
+            f"{harm:.3g}"
         )
     newest.retracted = not relaxes
     logger.warning(

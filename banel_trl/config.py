@@ -165,8 +165,9 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             `retraction_p_value`): it then rejects this share of the failures held out of its fit, scored with
             `relaxed_kappa`. A deep cut keeps atypical successes; a shallow one with `kappa` above 1 keeps successes
             that are merely less likely under the proposal, which a round's few successes cannot show. It is
-            retracted instead if it would reject the successes paid in the region's own round (never trained on) more
-            often than that share (one-sided binomial test at `retraction_p_value`). `None` retracts such a region.
+            retracted instead if it scores the successes paid in the region's own round (never trained on) higher
+            than those failures, so that it rejects them more (one-sided Mann-Whitney U test at `retraction_p_value`).
+            `None` retracts such a region.
             With `threshold_type="filter_factor"` it is retracted.
         relaxed_kappa (`float`, *optional*, defaults to `2.0`):
             The `kappa` of a relaxed region's score (see `relaxed_rejection_rate`).

@@ -7,6 +7,7 @@ the references and distillations are fit on.
 import logging
 import math
 
+import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import set_seed
 from transformers.trainer_utils import SaveStrategy
@@ -82,33 +83,39 @@ class AdapterFits:
             )
         return region, loss
 
-    def _relax_region(self, region: RejectionRegion) -> tuple[int, int]:
+    def _relax_region(self, region: RejectionRegion) -> tuple[list[float], list[float]]:
         """
         Cut `region` back to `relaxed_rejection_rate` of the failures held out of its fit (drawn again from the
         ledger, as when it was fit), scored with `relaxed_kappa` (see `BanelConfig.relaxed_rejection_rate`). Returns
-        how many of the successes paid in the region's round the relaxed cut rejects, and how many there are: they
-        were never trained on, so they tell whether it rejects successes more than failures.
+        the relaxed scores of the successes paid in the region's round and of those held-out failures: the successes
+        were never trained on, so they tell whether the cut rejects successes more than failures.
         """
-        args, device = self.args, self.accelerator.device
+        args = self.args
         negatives = negative_examples(self.ledger, self.sampler, region.round, args.negative_samples)
         _, calibration = hold_out_calibration(
             negatives, region.round, args.calibration_fraction, args.seed + region.round
-        )
-        region.kappa = args.relaxed_kappa
-        batch = {key: value.to(device) for key, value in self.data_collator(calibration).items()}
-        region.threshold = on_main_process(
-            self.accelerator, calibrated_threshold, self.posterior, region, batch, args.relaxed_rejection_rate
         )
         successes = [
             {"prompt_ids": self.sampler.prompt_ids(r["prompt"]), "completion_ids": r["completion_ids"]}
             for r in self.ledger.paid_in_round(region.round)
             if r["success"]
         ]
-        if not successes:
-            return 0, 0
-        batch = {key: value.to(device) for key, value in self.data_collator(successes).items()}
-        scores = on_main_process(self.accelerator, lambda: self.posterior.log_ratios(**batch, regions=[region]).cpu())
-        return int((scores[:, 0] > region.threshold).sum()), len(successes)
+        region.kappa = args.relaxed_kappa
+        failure_scores, success_scores = on_main_process(
+            self.accelerator, self._region_scores, region, [calibration, successes]
+        )
+        region.threshold = torch.quantile(torch.tensor(failure_scores), 1.0 - args.relaxed_rejection_rate).item()
+        return success_scores, failure_scores
+
+    def _region_scores(self, region: RejectionRegion, groups: list[list[dict]]) -> list[list[float]]:
+        """The scores (log-ratios) of each group of examples under `region` alone."""
+        device = self.accelerator.device
+        scores = []
+        for examples in groups:
+            batch = {key: value.to(device) for key, value in self.data_collator(examples).items()} if examples else {}
+            values = self.posterior.log_ratios(**batch, regions=[region])[:, 0] if examples else torch.empty(0)
+            scores.append(values.float().cpu().tolist())
+        return scores
 
     def _fit_adapter(
         self, name: str, examples: list[dict], warm_start: str | None = None, epochs: float | None = None

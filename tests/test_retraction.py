@@ -23,17 +23,17 @@ def paid(successes: int, failures: int) -> list[dict]:
 
 
 def review(
-    rounds: list[tuple[int, int]], region: RejectionRegion, k: int, rejected=(0, 0), **settings
+    rounds: list[tuple[int, int]], region: RejectionRegion, k: int, scores=([], [0.0]), **settings
 ) -> tuple[bool, list]:
     """
     `review_newest_region` of round `k` with `rounds[j]` = (successes, failures) paid in round j, and a relaxed cut
-    that would reject `rejected` = (how many, of how many) of the region's round's successes: (changed, relaxed).
+    that scores the region's round's successes and its held-out failures `scores`: (changed, relaxed).
     """
     ledger = types.SimpleNamespace(paid_in_round=lambda j: paid(*rounds[j]))
     defaults = dict(retraction_p_value=0.05, distill_posterior=False, relaxed_rejection_rate=0.9, relaxed_kappa=2.0)
     args = types.SimpleNamespace(**{**defaults, "threshold_type": "calibrated", **settings})
     relaxed = []
-    return review_newest_region(ledger, [region], k, args, lambda r: relaxed.append(r) or rejected), relaxed
+    return review_newest_region(ledger, [region], k, args, lambda r: relaxed.append(r) or scores), relaxed
 
 
 @pytest.mark.parametrize(
@@ -68,20 +68,26 @@ def test_the_paid_evidence_keeps_relaxes_or_retracts_the_previous_region(
     assert fresh.retracted is changed
 
 
+FAILURE_SCORES = [i / 100 for i in range(100)]  # the relaxed scores of 100 held-out failures
+
+
 @pytest.mark.parametrize(
-    "rejected, retracted",
+    "success_scores, retracted",
     [
-        ((0, 0), False),  # no success to judge the relaxed cut by
-        ((10, 10), False),  # every one, but 10 of 10 at a rate of 0.9 is within chance (p = 0.35)
-        ((30, 30), True),  # p = 0.04: it rejects the successes more than the failures
-        ((20, 30), False),  # fewer than the failures
+        ([], False),  # no success to judge the relaxed cut by
+        ([0.995, 0.996, 0.997], True),  # 3 successes above every failure: p = 1 / C(103, 3)
+        ([1.5], True),  # one success above every failure is evidence already: p = 1 / 101
+        ([0.945], False),  # one below five failures is not: p = 6 / 101
+        ([i / 10 + 0.005 for i in range(10)], False),  # ranked among the failures: no evidence either way
+        ([-1.0, -0.5], False),  # below every failure: the cut keeps them
     ],
 )
-def test_a_relaxed_cut_that_rejects_the_successes_of_its_round_more_than_the_failures_is_retracted(
-    rejected, retracted
+def test_a_relaxed_cut_that_scores_the_successes_of_its_round_above_the_failures_is_retracted(
+    success_scores, retracted
 ):
+    # A count beyond the threshold could not tell 3 successes from chance at a 90% cut (0.9^3 = 0.73): their ranks do.
     region = RejectionRegion("region_0", 0.1, round=0)
-    assert review([(30, 3720), (30, 3720)], region, 1, rejected) == (True, [region])
+    assert review([(30, 3720), (30, 3720)], region, 1, (success_scores, FAILURE_SCORES)) == (True, [region])
     assert region.retracted is retracted and region.reviewed_round == 1
 
 

@@ -15,6 +15,8 @@ hold `--min_successes` successes (or `--max_eval_proposals` are drawn).
   and the defaults must keep the pretrained rate.
 - likely: the checksum task's proposal; a success is one of its most likely strings (log-likelihood in the top 2% of
   its own samples): the worst case for a cut that rejects what the proposal finds likely.
+- likely_rare: the same with the top 0.5%: as few successes per round (~19 of 3,750) as a hard task gives, too few
+  for a round to tell by counting how many a cut rejects.
 
     python examples/benchmarks/defaults_never_lose.py --tasks toy checksum --seeds 0 1 2 3 4 --results R.jsonl
 """
@@ -76,15 +78,16 @@ class MostLikely:
         return [float(value >= self.threshold) for value in self.log_likelihoods(completions).tolist()]
 
 
-def likely_task(seed: int):
+def likely_task(seed: int, rate: float = 0.02):
     tokenizer, model = checksum_proposal(seed=seed, length=LENGTH)
-    return tokenizer, model, MostLikely(model, tokenizer, seed=seed)
+    return tokenizer, model, MostLikely(model, tokenizer, rate, seed=seed)
 
 
 TASKS = {
     "toy": lambda seed: (*rare_b_proposal(seed=seed, length=LENGTH), starts_with_b),
     "checksum": lambda seed: (*checksum_proposal(seed=seed, length=LENGTH), checksum_is_zero),
     "likely": likely_task,
+    "likely_rare": lambda seed: likely_task(seed, rate=0.005),
 }
 
 
