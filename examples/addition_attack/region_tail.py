@@ -4,10 +4,13 @@ pretrained attacker (one round), score the reference pool, and print, for each r
 successes the region keeps when its threshold rejects that share of the pool's failures, the gain this gives
 (kept / (1 - rate)) and how many of the kept successes have a leading-zero operand. `--kappas` scores the region as
 `kappa * log p_phi - log p_theta` too (the reviewed paper's `p_theta / p_phi^kappa`; 1 is BaNEL's log-ratio), one
-result per exponent, from the same fit.
+result per exponent, from the same fit. `--negative_model` fits the negative model on the same failures as the paper
+has it, a separate model: `full` fine-tunes every weight of a copy of the attacker, `scratch` trains a fresh model of
+the attacker's architecture (random weights) from scratch; `lora` is BaNEL's LoRA beside the frozen attacker.
 
     python examples/addition_attack/region_tail.py --num_failures 3750 --seed 0 --results tail.jsonl
-    python examples/addition_attack/region_tail.py --summarize tail.jsonl    # a table per variant, epochs and kappa
+    python examples/addition_attack/region_tail.py --negative_model scratch --epochs 20 --seed 0 --results tail.jsonl
+    python examples/addition_attack/region_tail.py --summarize tail.jsonl    # a table per variant, model, epochs, kappa
 """
 
 import argparse
@@ -16,20 +19,27 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections import defaultdict
 
 import torch
+import transformers
 from datasets import Dataset
 from peft import LoraConfig
 
 from banel_trl import BanelConfig, BanelTrainer
+from banel_trl.collect import negative_examples
 from banel_trl.posterior import completion_log_probs
 from banel_trl.tasks import addition_attack as task
+from banel_trl.thresholds import hold_out_calibration
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from evaluation import auc, encode_queries, reference_pool  # noqa: E402
 from run import CACHE_DIR  # noqa: E402
+
+
+MODEL_NAMES = {"full": "a full fine-tune of a copy", "scratch": "a model trained from scratch"}
 
 
 def summarize(path: str) -> str:
@@ -40,13 +50,18 @@ def summarize(path: str) -> str:
     groups = defaultdict(list)
     with open(path) as file:
         for result in map(json.loads, file):
-            key = result["variant"], result["epochs"], result.get("lora_rank", 16), result.get("kappa", 1.0)
-            groups[key].append(result)
+            model = result.get("negative_model", "lora")
+            model = f"LoRA rank {result.get('lora_rank', 16)}" if model == "lora" else MODEL_NAMES[model]
+            groups[result["variant"], model, result["epochs"], result.get("kappa", 1.0)].append(result)
     tables = []
-    for (variant, epochs, rank, kappa), results in sorted(groups.items()):
+    for (variant, model, epochs, kappa), results in sorted(groups.items()):
         results.sort(key=lambda result: result["seed"])
+        cost = ""
+        if "fit_seconds" in results[0]:
+            seconds = statistics.mean(r["fit_seconds"] for r in results)
+            cost = f", {results[0]['trainable_parameters']:,} trained parameters, {seconds:.0f} s per fit"
         lines = [
-            f"{variant}, {epochs:g} epochs, LoRA rank {rank}, kappa {kappa:g}, {results[0]['num_failures']} failures fit",
+            f"{variant}, {model}, {epochs:g} epochs, kappa {kappa:g}, {results[0]['num_failures']} failures fit{cost}",
             "",
             "| failures rejected | " + " | ".join(f"seed {r['seed']}" for r in results) + " | mean gain |",
             "|---|" + "---|" * (len(results) + 1),
@@ -72,6 +87,13 @@ def main(argv=None):
         default=16,
         help="rank of the negative model's LoRA on every linear layer (16: BaNEL's default; 64, the attacker's width: "
         "every update of its linear layers, a full fine-tune of them)",
+    )
+    parser.add_argument(
+        "--negative_model",
+        choices=["lora", "full", "scratch"],
+        default="lora",
+        help="lora: BaNEL's adapter beside the frozen attacker; full: every weight of a copy of the attacker; scratch: "
+        "the attacker's architecture from random weights (the last two are separate models, as in the paper)",
     )
     parser.add_argument("--kappas", type=float, nargs="+", default=[1.0], help="exponents of p_phi in the score")
     parser.add_argument("--pool_samples", type=int, default=200_000)
@@ -117,28 +139,63 @@ def main(argv=None):
     )
     trainer.train()
     batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
-    log_ratios = {kind: trainer.posterior.log_ratios(**batch)[:, 0].float() for kind, batch in batches.items()}
-    base = {kind: base_log_likelihoods(trainer, batch) for kind, batch in batches.items()}
+    with trainer.model.disable_adapter():
+        base = {kind: log_likelihoods(trainer.model, batch) for kind, batch in batches.items()}
+    if args.negative_model == "lora":
+        cost = {"fit_seconds": sum(e.get("train_runtime", 0.0) for e in trainer.state.log_history)}
+        cost["trainable_parameters"] = trainer.model.get_nb_trainable_parameters()[0]
+        # log p_phi = log-ratio + log p_theta
+        negative = {
+            kind: trainer.posterior.log_ratios(**batch)[:, 0].float() + base[kind] for kind, batch in batches.items()
+        }
+    else:
+        model, cost = fit_separate_model(args, trainer)
+        negative = {kind: log_likelihoods(model, batch) for kind, batch in batches.items()}
     for kappa in args.kappas:
-        # kappa * log p_phi - log p_theta, with log p_phi = log-ratio + log p_theta
-        scores = {kind: kappa * log_ratios[kind] + (kappa - 1.0) * base[kind] for kind in batches}
-        result = tail_result(args, kappa, scores, pool)
+        scores = {kind: kappa * negative[kind] - base[kind] for kind in batches}
+        result = tail_result(args, kappa, scores, pool) | cost
         print(json.dumps(result))
         if args.results:
             with open(args.results, "a") as file:
                 file.write(json.dumps(result) + "\n")
 
 
-def base_log_likelihoods(trainer, batch: dict, chunk: int = 4096) -> torch.Tensor:
-    """`log p_theta` of each encoded pool sample (its completion given the prompt), in chunks of rows."""
-    model = trainer.model.eval()
+def log_likelihoods(model, batch: dict, chunk: int = 4096) -> torch.Tensor:
+    """`log` of `model`'s likelihood of each encoded pool sample (its completion given the prompt), in chunks of rows."""
+    model.eval()
     values = []
-    with torch.no_grad(), model.disable_adapter():
+    with torch.no_grad():
         for start in range(0, len(batch["prompt_ids"]), chunk):
-            rows = [batch[key][start : start + chunk] for key in ("prompt_ids", "prompt_mask")]
-            rows += [batch[key][start : start + chunk] for key in ("completion_ids", "completion_mask")]
-            values.append(completion_log_probs(model, *rows, trainer.args.temperature).sum(dim=1))
+            rows = {key: tensor[start : start + chunk] for key, tensor in batch.items()}
+            values.append(completion_log_probs(model, **rows).sum(dim=1))
     return torch.cat(values).float()
+
+
+class SeparateModelTrainer(transformers.Trainer):
+    """A `Trainer` whose loss is `BanelTrainer`'s: the negative log-likelihood per completion token."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = -completion_log_probs(model, **inputs).sum() / inputs["completion_mask"].sum().clamp(min=1)
+        return (loss, None) if return_outputs else loss
+
+
+def fit_separate_model(args, trainer: BanelTrainer) -> tuple[torch.nn.Module, dict]:
+    """
+    The negative model as a separate model (a copy of the attacker, or its architecture from random weights), fit with
+    the run's optimisation arguments on the failures its region 0 was fit on (the held-out calibration share left out).
+    """
+    config = trainer.args
+    negatives = negative_examples(trainer.ledger, trainer.sampler, 0, config.negative_samples)
+    fit, _ = hold_out_calibration(negatives, 0, config.calibration_fraction, config.seed)
+    transformers.set_seed(config.seed)
+    model = transformers.AutoModelForCausalLM.from_pretrained(task.DEFAULT_ATTACKER_PATH)
+    if args.negative_model == "scratch":
+        model = transformers.AutoModelForCausalLM.from_config(model.config)
+    fit = [{key: example[key] for key in ("prompt_ids", "completion_ids")} for example in fit]
+    start = time.perf_counter()
+    SeparateModelTrainer(model, config, data_collator=trainer.data_collator, train_dataset=fit).train()
+    cost = {"fit_seconds": time.perf_counter() - start, "trainable_parameters": model.num_parameters()}
+    return model, cost
 
 
 def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:
@@ -146,6 +203,7 @@ def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:
     result = {
         "num_failures": args.num_failures,
         "epochs": args.epochs,
+        "negative_model": args.negative_model,
         "lora_rank": args.lora_rank,
         "kappa": kappa,
         "seed": args.seed,

@@ -1,7 +1,11 @@
 """
-Summarise `run.py` results: a markdown table per (variant, tag) and a plot of success rate against NREs spent.
+Summarise `run.py` results: a markdown table per (variant, tag) and a plot of success rate against NREs spent, and
+BaNEL's compute scaling (improvement against the epochs of each negative fit, one tag per epoch count) beside the
+paper's Figure 10.
 
     python examples/addition_attack/report.py results/addition_attack.jsonl --plot docs/results/addition_attack.png
+    python examples/addition_attack/report.py results/no_lz.jsonl --variant no_leading_zeros \
+        --scaling_plot docs/results/compute_scaling.png --scaling_tags 1=epochs=1 5=relaxed95_resumed 20=epochs=20
 """
 
 import argparse
@@ -152,6 +156,10 @@ def per_seed_table(results: list[dict], pretrained_mean: float) -> str:
     return "\n".join(lines)
 
 
+# The paper's Figure 10 (leading zeros disallowed, 7,500 NREs, 5 seeds), read from the published plot: BaNEL's
+# improvement over the base model by epochs per negative fit, and its baselines' improvements.
+PAPER_SCALING = {1: 4.4, 2: 10, 3: 12, 5: 12, 10: 84, 20: 38, 50: 6, 100: 68}
+PAPER_BASELINES = {"rnd": 2.1, "pseudo_count": 1.45}
 FLOOR = 1e-5  # a success rate of 0 is drawn here, at the bottom of the log axis
 
 
@@ -198,6 +206,47 @@ def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: st
     figure.savefig(path, dpi=120)
 
 
+def scaling_plot(results: list[dict], path: str, tags: dict[float, str], variant: str, base: float) -> None:
+    """
+    BaNEL's improvement over `base` (each seed, and the mean) against the epochs of each negative fit, `tags` giving
+    the runs of each epoch count, beside the paper's Figure 10; RND and pseudo-count as horizontal lines, ours solid
+    and the paper's dotted.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    means = []
+    for epochs, tag in sorted(tags.items()):
+        gains = [
+            r["success_rate"] / base
+            for r in results
+            if (r["method"], r["variant"], r["tag"]) == ("banel", variant, tag)
+        ]
+        axis.scatter([epochs] * len(gains), gains, color="C0", s=12, alpha=0.5)
+        means.append((epochs, statistics.mean(gains)))
+    axis.plot(*zip(*means, strict=True), color="C0", marker="o", label="BaNEL here (each seed, mean)")
+    axis.plot(*zip(*PAPER_SCALING.items(), strict=True), color="C3", marker="s", ls=":", label="BaNEL, paper")
+    for index, method in enumerate(PAPER_BASELINES):
+        rates = [r["success_rate"] for r in results if (r["method"], r["variant"]) == (method, variant)]
+        color = f"C{index + 1}"
+        if rates:
+            gain = statistics.mean(rates) / base
+            axis.axhline(gain, color=color, lw=1, label=f"{method} here ({gain:.1f}x)")
+        paper = PAPER_BASELINES[method]
+        axis.axhline(paper, color=color, lw=1, ls=":", label=f"{method}, paper ({paper:g}x)")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("epochs per negative fit")
+    axis.set_ylabel("improvement over the base model")
+    axis.set_title(f"Compute scaling, addition attack ({variant.replace('_', ' ')})")
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("results")
@@ -208,6 +257,14 @@ def main():
         "--pretrained_mean",
         type=float,
         help="base success rate for the improvements when the file has no pretrained run",
+    )
+    parser.add_argument("--scaling_plot", help="PNG path for BaNEL's improvement against epochs per negative fit")
+    parser.add_argument(
+        "--scaling_tags",
+        nargs="+",
+        default=[],
+        metavar="EPOCHS=TAG",
+        help="the tag of the BaNEL runs at each epoch count, for --scaling_plot",
     )
     args = parser.parse_args()
     results = load(args.results)
@@ -221,6 +278,11 @@ def main():
     if args.plot:
         plot(results, args.plot, args.variant, args.tag)
         print(f"\nplot: {args.plot}")
+    if args.scaling_plot:
+        tags = {float(epochs): tag for epochs, tag in (item.split("=", 1) for item in args.scaling_tags)}
+        base = base_rate(results, args.variant, "", args.pretrained_mean)
+        scaling_plot(results, args.scaling_plot, tags, args.variant, base)
+        print(f"\ncompute-scaling plot: {args.scaling_plot}")
 
 
 if __name__ == "__main__":
