@@ -171,6 +171,13 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             With `threshold_type="filter_factor"` it is retracted.
         relaxed_kappa (`float`, *optional*, defaults to `2.0`):
             The `kappa` of a relaxed region's score (see `relaxed_rejection_rate`).
+        negative_model (`str`, *optional*, defaults to `"lora"`):
+            The form of each region's negative model `p_phi_k` (and of its reference `p_ref_k` from round 1 on, with
+            `reference_model="posterior"`). `"lora"`: a LoRA adapter (`peft_config`) beside the frozen proposal, the
+            cheapest in memory. The paper's negative model is a separate generative model: `"copy"` fine-tunes every
+            weight of a copy of the proposal, `"scratch"` trains the proposal's architecture from random weights on
+            the failures alone, so its ratio to `p_theta` is not a reweighting of `p_theta`'s own likelihood. Both hold
+            a whole model per region in memory and save it whole in the posterior's folder. The exact loop only.
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):
             Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
         threshold_type (`str`, *optional*, defaults to `"calibrated"`):
@@ -456,6 +463,13 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     relaxed_kappa: float = field(
         default=2.0,
         metadata={"help": "The kappa of a relaxed region's score (see relaxed_rejection_rate); > 0."},
+    )
+    negative_model: str = field(
+        default="lora",
+        metadata={
+            "help": "Each region's negative model: 'lora', an adapter beside the frozen proposal; 'copy', a full "
+            "fine-tune of a copy of it; 'scratch', its architecture trained from random weights on the failures."
+        },
     )
     warm_start_negative_model: bool = field(
         default=False,

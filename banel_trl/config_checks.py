@@ -22,6 +22,7 @@ CHOICES = {
     "threshold_type": ("calibrated", "filter_factor"),
     "negative_samples": ("round", "all"),
     "reference_model": ("posterior", "proposal"),
+    "negative_model": ("lora", "copy", "scratch"),
 }
 
 # Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
@@ -256,6 +257,11 @@ def check_values(args) -> None:
     for name, choices in CHOICES.items():
         if getattr(args, name) not in choices:
             raise ValueError(f"`{name}` must be one of {choices}, got {getattr(args, name)!r}.")
+    if args.negative_model != "lora" and args.distill_posterior:
+        raise ValueError(
+            f"`negative_model={args.negative_model!r}` needs the exact loop: the distilled loop starts each negative "
+            "model from the distilled proposal, a LoRA adapter. Set `distill_posterior=False` or `negative_model='lora'`."
+        )
     if args.retraction_p_value is not None and not 0.0 < args.retraction_p_value <= 1.0:
         raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {args.retraction_p_value}.")
     if args.reference_min_successes < 0:

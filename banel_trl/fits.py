@@ -4,6 +4,7 @@ negative model and reference, the distilled proposal) with `Trainer.train`, and 
 the references and distillations are fit on.
 """
 
+import copy
 import logging
 import math
 
@@ -14,7 +15,15 @@ from transformers.trainer_utils import SaveStrategy
 
 from .collect import negative_examples
 from .distributed import gather_to_all, on_main_process, rank_share
-from .models import proposal_adapter_name, reference_adapter_name, region_adapter_name
+from .models import (
+    negative_model_like,
+    proposal_adapter_name,
+    proposal_copy,
+    reference_adapter_name,
+    reference_model_name,
+    region_adapter_name,
+    region_model_name,
+)
 from .regions import BASE_ADAPTER, RejectionRegion
 from .thresholds import calibrated_threshold, hold_out_calibration
 
@@ -47,21 +56,23 @@ class AdapterFits:
 
     def _fit_region(self, k: int, negatives: list[dict]) -> tuple[RejectionRegion, float]:
         """
-        Fit a new LoRA `p_phi_k` on `negatives` by maximum likelihood with the Trainer, and with
-        `reference_model="posterior"` (from round 1 on) a LoRA `p_ref_k` on as many unevaluated samples of the same
-        posterior; then set the region's threshold.
+        Fit a new `p_phi_k` (a LoRA, or a separate model: see `negative_model`) on `negatives` by maximum likelihood
+        with the Trainer, and with `reference_model="posterior"` (from round 1 on) a `p_ref_k` of the same form on as
+        many unevaluated samples of the same posterior; then set the region's threshold.
         """
         args = self.args
         self._seed_stream(args.seed + k)  # the fits do not depend on how the round was sampled
         calibration = []
         if args.threshold_type == "calibrated":
             negatives, calibration = hold_out_calibration(negatives, k, args.calibration_fraction, args.seed + k)
-        name, proposal = region_adapter_name(k), self.posterior.proposal_adapter
+        separate = args.negative_model != "lora"
+        fit = self._fit_separate_model if separate else self._fit_adapter
+        name, proposal = (region_model_name if separate else region_adapter_name)(k), self.posterior.proposal_adapter
         regions = self.posterior.regions  # warm start from the newest: the round before may have added no region
         warm_start = regions[-1].adapter_name if args.warm_start_negative_model and regions else None
         if proposal != BASE_ADAPTER:
             warm_start = proposal  # Algorithm 2: p_phi_k starts from the distilled proposal that drew its negatives
-        loss = self._fit_adapter(name, negatives, warm_start)
+        loss = fit(name, negatives, warm_start)
         reference = proposal  # the negatives are samples of the proposal, cut by its regions (none once distilled)
         if args.reference_model == "posterior" and k > 0 and not args.distill_posterior:
             # The negatives are samples of the posterior, which a LoRA cannot represent exactly: fit against p_theta,
@@ -70,11 +81,11 @@ class AdapterFits:
             # ratio of the two keeps only what the failures teach.
             examples = self._reference_examples(k, len(negatives))
             if examples:
-                reference = reference_adapter_name(k)
+                reference = (reference_model_name if separate else reference_adapter_name)(k)
                 set_seed(args.seed + k, deterministic=args.full_determinism)
-                self._fit_adapter(reference, examples)
+                fit(reference, examples)
 
-        region = RejectionRegion(name, math.log(args.filter_factor), k, reference, proposal)
+        region = RejectionRegion(name, math.log(args.filter_factor), k, reference, proposal, separate=separate)
         if args.threshold_type == "calibrated":
             rate = args.first_region_rejection_rate if k == 0 else args.target_rejection_rate
             batch = {key: value.to(self.accelerator.device) for key, value in self.data_collator(calibration).items()}
@@ -132,8 +143,31 @@ class AdapterFits:
             state = get_peft_model_state_dict(self.model, adapter_name=warm_start)
             set_peft_model_state_dict(self.model, state, adapter_name=name)
         self.model.set_adapter(name)  # only this adapter is trainable; p_theta and the regions stay frozen
+        return self._train_on(examples, epochs)
+
+    def _fit_separate_model(self, name: str, examples: list[dict], warm_start: str | None = None) -> float:
+        """
+        Fit the separate negative model `name` on `examples` with `Trainer.train`, the Trainer's model for the fit: a
+        copy of `p_theta` or of the separate model `warm_start`, or `p_theta`'s architecture from random weights
+        (see `negative_model`).
+        """
+        models, proposal = self.posterior.negative_models, self.model
+        if warm_start is not None:
+            model = copy.deepcopy(models[warm_start]).requires_grad_(True)
+        else:
+            model = proposal_copy(proposal) if self.args.negative_model == "copy" else negative_model_like(proposal)
+        self.model = model
+        try:
+            loss = self._train_on(examples)
+        finally:
+            self.model = self.model_wrapped = proposal
+        models[name] = model.eval()
+        return loss
+
+    def _train_on(self, examples: list[dict], epochs: float | None = None) -> float:
+        """Fit the Trainer's model (its trainable parameters) on `examples` for `epochs` with `Trainer.train`."""
         if 0 < self.args.max_steps <= self.callback_handler.steps_before_fit:
-            return math.nan  # the run's `max_steps` are spent: the adapter stays at its start (the proposal's)
+            return math.nan  # the run's `max_steps` are spent: the model stays at its start (the proposal's)
         self._fit_examples = examples
         self.optimizer, self.lr_scheduler = None, None  # new parameters every fit: new optimizer
         self.model_wrapped = self.model  # re-wrap so distributed wrappers see this fit's trainable parameters

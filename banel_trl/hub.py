@@ -86,12 +86,14 @@ def _run_figures(
 def _regions_row(regions: list[RejectionRegion]) -> tuple[int, tuple[str, int | str]]:
     """
     How many of the saved posterior's `regions` reject, and the card's summary row on them, which names the relaxed
-    ones and counts the retracted ones apart (see `BanelConfig.retraction_p_value`).
+    ones, counts the retracted ones apart (see `BanelConfig.retraction_p_value`) and says whether their negative
+    models are separate models (see `BanelConfig.negative_model`).
     """
     retracted = sum(region.retracted for region in regions)
     relaxed = sum(region.relaxed for region in regions)
     rejecting = len(regions) - retracted
-    notes = ([f"{relaxed} relaxed"] if relaxed else []) + ([f"{retracted} more retracted"] if retracted else [])
+    notes = ["separate negative models"] if any(region.separate for region in regions) else []
+    notes += ([f"{relaxed} relaxed"] if relaxed else []) + ([f"{retracted} more retracted"] if retracted else [])
     return rejecting, ("Rejection regions", f"{rejecting} ({', '.join(notes)})" if notes else rejecting)
 
 

@@ -37,6 +37,7 @@ SETTINGS_RECORDED_LATER = {
     "kappa": 1.0,
     "relaxed_rejection_rate": None,
     "relaxed_kappa": 2.0,
+    "negative_model": "lora",
 }
 RECORDED_SETTINGS = (
     "seed",
@@ -59,6 +60,7 @@ RECORDED_SETTINGS = (
     "retraction_p_value",
     "relaxed_rejection_rate",
     "relaxed_kappa",
+    "negative_model",
     "warm_start_negative_model",
     "threshold_type",
     "target_rejection_rate",

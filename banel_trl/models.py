@@ -1,5 +1,6 @@
 """The model stack: the frozen proposal `p_theta`, its tokenizer, and the LoRA adapters BaNEL fits on top of it."""
 
+import copy
 import logging
 import os
 import shutil
@@ -28,6 +29,33 @@ def region_adapter_name(round_index: int) -> str:
 def reference_adapter_name(round_index: int) -> str:
     """The adapter of round `round_index`'s reference `p_ref_k`, when it is a model of the posterior."""
     return f"reference_{round_index}"
+
+
+def region_model_name(round_index: int) -> str:
+    """The separate negative model `p_phi_k` of round `round_index` (see `BanelConfig.negative_model`)."""
+    return f"negative_model_{round_index}"
+
+
+def reference_model_name(round_index: int) -> str:
+    """The separate reference `p_ref_k` of round `round_index`, when it is a model of the posterior."""
+    return f"reference_model_{round_index}"
+
+
+def negative_model_like(model: PeftModel, state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+    """
+    A separate model of the architecture of `model`'s base `p_theta`, in its dtype, on its device, trainable: with the
+    weights `state_dict` (a saved negative model's), or fresh random ones (seeded by the caller).
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    separate = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    if state_dict is not None:
+        separate.load_state_dict(state_dict)
+    return separate.to(base.device).requires_grad_(True)
+
+
+def proposal_copy(model: PeftModel) -> PreTrainedModel:
+    """`p_theta` as a separate, trainable model: a copy of `model` with its LoRA adapters unloaded by PEFT."""
+    return copy.deepcopy(model).unload().requires_grad_(True)
 
 
 def proposal_adapter_name(round_index: int) -> str:

@@ -5,7 +5,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -15,17 +15,19 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
 
+from .models import negative_model_like
 from .regions import (
     BASE_ADAPTER,
     POSTERIOR_CONFIG_NAME,
     RejectionRegion,
+    load_negative_model,
     read_posterior_config,
     read_regions,
     saved_adapter_names,
 )
+from .scoring import completion_log_probs, completion_mask_from_ids
 
 
-LOG_SOFTMAX_BLOCK_SIZE = 2**24  # logits per log-softmax block in `completion_log_probs` (64 MiB in float32)
 MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
 MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
 SAMPLER_SETTINGS = (
@@ -59,13 +61,6 @@ class Proposal:
     accepted: torch.Tensor
 
 
-def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
-    """1 for every completion token up to and including the first EOS, 0 after it."""
-    is_eos = torch.isin(completion_ids, torch.tensor(list(eos_token_ids), device=completion_ids.device))
-    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()
-    return (eos_before == 0).long()
-
-
 def acceptance_too_low(accepted: int, proposed: int, max_sampling_attempts: int) -> bool:
     """
     Whether `accepted` of `proposed` candidates puts the acceptance rate below `1 / max_sampling_attempts` with about
@@ -74,40 +69,6 @@ def acceptance_too_low(accepted: int, proposed: int, max_sampling_attempts: int)
     allowance on a posterior that accepts (almost) nothing, such as one with a corrupt threshold.
     """
     return proposed > max_sampling_attempts * (accepted + 3 + 2 * math.sqrt(accepted))
-
-
-def completion_log_probs(
-    model: torch.nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """
-    Per-token log-probabilities `(N, C)` of the completion given the prompt (0 on padding), with logits scaled by
-    `temperature`. Prompts are left-padded and completions right-padded; positions follow the attention mask so a
-    sequence scores the same whatever the padding of its batch.
-    """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    num_completion_tokens = completion_ids.size(1)
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=num_completion_tokens + 1,
-        use_cache=False,
-    ).logits[:, :-1]
-    # TRL's selective_log_softmax bounds memory by looping over rows; handing it blocks of rows as single rows keeps
-    # that bound (one block's temporaries) without a Python step per row, which small vocabularies would pay for.
-    rows_per_block = max(1, LOG_SOFTMAX_BLOCK_SIZE // logits[0].numel())
-    token_log_probs = [
-        selective_log_softmax(block.reshape(1, -1, block.size(-1)), ids.reshape(1, -1), temperature).view_as(ids)
-        for block, ids in zip(logits.split(rows_per_block), completion_ids.split(rows_per_block), strict=True)
-    ]
-    return torch.cat(token_log_probs) * completion_mask
 
 
 class BanelPosterior:
@@ -168,6 +129,7 @@ class BanelPosterior:
         proposal_adapter: str = BASE_ADAPTER,
         keep_distilled_regions: bool = False,
         proposal_sampler: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        negative_models: dict[str, torch.nn.Module] | None = None,
     ):
         self.model = model
         self.regions = list(regions or [])
@@ -181,6 +143,7 @@ class BanelPosterior:
         self.proposal_adapter = proposal_adapter
         self.keep_distilled_regions = keep_distilled_regions
         self.proposal_sampler = proposal_sampler
+        self.negative_models = dict(negative_models or {})
 
     @property
     def active_regions(self) -> list[RejectionRegion]:
@@ -211,16 +174,20 @@ class BanelPosterior:
         self, regions: list[RejectionRegion], weights: list[dict], proposal: tuple | None, peft_config: PeftConfig
     ) -> None:
         """
-        Put back what a run saved: the adapters' `weights` (one dict by adapter name per region; an adapter the model
-        lacks is added with `peft_config`), the `regions`, and the distilled `proposal` `(name, weights)` to sample
-        from (`None`: `p_theta`).
+        Put back what a run saved: the adapters' and separate models' `weights` (one dict by name per region; an
+        adapter the model lacks is added with `peft_config`), the `regions`, and the distilled `proposal`
+        `(name, weights)` to sample from (`None`: `p_theta`).
         """
         adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
         adapters.update([proposal] if proposal is not None else [])
+        separate = {name for region in regions for name in region.model_names}
         for name, adapter_weights in adapters.items():
-            if name not in self.model.peft_config:
+            if name in separate:
+                self.negative_models[name] = negative_model_like(self.model, adapter_weights)
+            elif name not in self.model.peft_config:
                 self.model.add_adapter(name, peft_config)
-            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+            if name not in separate:
+                set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
         self.regions.extend(regions)
         self.proposal_adapter = proposal[0] if proposal is not None else self.proposal_adapter
 
@@ -335,9 +302,10 @@ class BanelPosterior:
             used_completion = chunk_completion_mask.any(dim=0).long()
             prompt_start = int(chunk_prompt_mask.any(dim=0).long().argmax())
             completion_end = len(used_completion) - int(used_completion.flip(0).argmax())
-            with self._only_adapter(names[int(chunk[0]) // num_samples]):
+            name = names[int(chunk[0]) // num_samples]
+            with self._only_adapter(name):
                 token_log_probs = completion_log_probs(
-                    self.model,
+                    self.negative_models.get(name, self.model),
                     prompt_ids[chunk_samples, prompt_start:],
                     chunk_prompt_mask[:, prompt_start:],
                     completion_ids[chunk_samples, :completion_end],
@@ -351,9 +319,12 @@ class BanelPosterior:
     def _only_adapter(self, name: str):
         """
         Run the model under the adapter `name` alone (`BASE_ADAPTER`: none), then restore
-        the active adapter and which parameters require gradients, both of which `set_adapter` changes.
+        the active adapter and which parameters require gradients, both of which `set_adapter` changes. A separate
+        negative model, or `p_theta` without adapters, needs no switch.
         """
-        if name == BASE_ADAPTER:
+        if name in self.negative_models or not isinstance(self.model, PeftModel):
+            yield
+        elif name == BASE_ADAPTER:
             with self.model.disable_adapter():
                 yield
         elif name == self.model.active_adapter:
@@ -521,12 +492,16 @@ class BanelPosterior:
                 those lines.
         """
         os.makedirs(save_directory, exist_ok=True)
-        if self.adapter_names:
+        models = [name for region in self.regions for name in region.model_names]
+        if self.adapter_names or models:
             # Every save rewrites every region's adapter. Write them aside and move them into place file by file, so
             # that a crash mid-save leaves each file of a listed region whole (the old or the new copy, the same).
             staging = os.path.join(save_directory, ".banel_saving")
             shutil.rmtree(staging, ignore_errors=True)
-            self.model.save_pretrained(staging, selected_adapters=self.adapter_names)
+            if self.adapter_names:
+                self.model.save_pretrained(staging, selected_adapters=self.adapter_names)
+            for name in models:
+                self.negative_models[name].save_pretrained(os.path.join(staging, name))
             for folder, _, files in os.walk(staging):
                 target = os.path.join(save_directory, os.path.relpath(folder, staging))
                 os.makedirs(target, exist_ok=True)
@@ -539,7 +514,9 @@ class BanelPosterior:
             "regions": [asdict(region) for region in self.regions],
             **{name: getattr(self, name) for name in SAMPLER_SETTINGS},
             "generation_config": self.generation_config.to_diff_dict(),
-            "base_model_name_or_path": self.model.get_base_model().config._name_or_path,
+            "base_model_name_or_path": (
+                self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+            ).config._name_or_path,
             **({} if ledger is None else {"ledger": ledger}),
         }
         temporary = os.path.join(save_directory, POSTERIOR_CONFIG_NAME + ".tmp")
@@ -576,11 +553,16 @@ class BanelPosterior:
                     f"cannot be loaded ({type(error).__name__}: {error}). Restore it from a backup, or save the "
                     "posterior again."
                 ) from None
-        if not isinstance(model, PeftModel):
+        negative_models = {
+            name: load_negative_model(pretrained_path, name).to(model.device).eval()
+            for region in regions
+            for name in region.model_names
+        }
+        if not isinstance(model, PeftModel) and not negative_models:
             raise ValueError(f"{pretrained_path} holds no region: there is no adapter to load.")
         model.eval()
         # Folders saved before a setting was recorded fall back to the constructor's default for it.
         settings = {name: config[name] for name in SAMPLER_SETTINGS if name in config}
         if "generation_config" in config:
             settings["generation_config"] = GenerationConfig.from_dict(config["generation_config"])
-        return cls(model, regions, **{**settings, **kwargs})
+        return cls(model, regions, negative_models=negative_models, **{**settings, **kwargs})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from peft import load_peft_weights
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 
 POSTERIOR_CONFIG_NAME = "banel_posterior.json"
@@ -17,7 +18,8 @@ class RejectionRegion:
     """
     `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold}`. `p_phi_k` is the LoRA adapter `adapter_name`, the
     negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
-    a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). `proposal` is the
+    a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). With `separate`, both
+    name separate models instead (see `BanelConfig.negative_model`), saved whole in the posterior's folder. `proposal` is the
     model whose samples the region was fit on: `p_theta`, or a distilled proposal (see `BanelConfig.distill_posterior`).
     `kappa`, when set, replaces the posterior's exponent of `p_phi_k` in this region's score. The paid samples of
     the next rounds review a region (see `BanelConfig.retraction_p_value`): `reviewed_round` is the round whose samples
@@ -33,6 +35,7 @@ class RejectionRegion:
     retracted: bool = False
     kappa: float | None = None
     reviewed_round: int | None = None
+    separate: bool = False
 
     def __post_init__(self):
         if self.retracted and self.reviewed_round is None:
@@ -51,8 +54,14 @@ class RejectionRegion:
     @property
     def adapter_names(self) -> list[str]:
         """The LoRA adapters the region is made of (with the distilled proposal it acts on)."""
-        names = [self.adapter_name, self.reference_adapter, self.proposal]
+        names = ([] if self.separate else [self.adapter_name, self.reference_adapter]) + [self.proposal]
         return list(dict.fromkeys(name for name in names if name != BASE_ADAPTER))
+
+    @property
+    def model_names(self) -> list[str]:
+        """The separate models the region is made of (see `BanelConfig.negative_model`)."""
+        names = [self.adapter_name, self.reference_adapter] if self.separate else []
+        return [name for name in names if name != BASE_ADAPTER]
 
 
 def read_posterior_config(path: str) -> dict:
@@ -114,19 +123,34 @@ def _read_adapter_weights(path: str, name: str, what: str) -> dict[str, torch.Te
         ) from None
 
 
+def load_negative_model(path: str, name: str) -> PreTrainedModel:
+    """The separate model `name` saved in the posterior folder `path`; a missing or unreadable one is named."""
+    folder = os.path.join(path, name)
+    try:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError("the folder is missing")
+        return AutoModelForCausalLM.from_pretrained(folder)
+    except Exception as error:
+        raise ValueError(
+            f"{folder}, a separate negative model listed in {os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be "
+            f"loaded ({type(error).__name__}: {error}). Restore it from a backup. In a run's output_dir, deleting "
+            f"{POSTERIOR_CONFIG_NAME} makes `train()` fit the regions again from the ledger (no reward evaluation is "
+            "paid again); or start a new run in another output_dir."
+        ) from None
+
+
 def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
     """
-    The regions of a saved posterior folder, and for each the weights of its adapters (on the CPU), by name. A
-    missing or unreadable adapter is refused with its folder named.
+    The regions of a saved posterior folder, and for each the weights (on the CPU) of its adapters and separate
+    models, by name. A missing or unreadable one is refused with its folder named.
     """
     regions = read_regions(path)
-    weights = [
-        {
-            name: _read_adapter_weights(path, name, f"the adapter of region {region.round}")
-            for name in region.adapter_names
-        }
-        for region in regions
-    ]
+    weights = []
+    for region in regions:
+        what = f"the adapter of region {region.round}"
+        region_weights = {name: _read_adapter_weights(path, name, what) for name in region.adapter_names}
+        region_weights |= {name: load_negative_model(path, name).state_dict() for name in region.model_names}
+        weights.append(region_weights)
     return regions, weights
 
 

@@ -45,10 +45,11 @@ from .models import (
     region_adapter_name,
     save_adapter_as_model,
 )
-from .posterior import BanelPosterior, completion_log_probs
+from .posterior import BanelPosterior
 from .regions import BASE_ADAPTER, RejectionRegion
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
 from .sampling import CandidateSampler, generation_config
+from .scoring import completion_log_probs
 from .vllm_generation import VLLMSampler
 
 

@@ -17,8 +17,8 @@ from banel_trl import BanelConfig, cli
 from banel_trl.data import NegativesCollator
 from banel_trl.evaluation import count_successes
 from banel_trl.models import load_proposal
-from banel_trl.posterior import completion_log_probs
 from banel_trl.sampling import CandidateSampler, generation_config, prompt_stream
+from banel_trl.scoring import completion_log_probs
 from banel_trl.scripts.banel import make_parser
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 

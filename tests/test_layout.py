@@ -22,6 +22,7 @@ LAYERS = {
     "report": 2,
     "tasks": 2,
     "posterior": 1,
+    "scoring": 1,
     "regions": 1,
     "ledger": 1,
     "manifest": 1,

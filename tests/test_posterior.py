@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 from banel_trl import BanelPosterior, PosteriorAcceptanceError, RejectionRegion
 from banel_trl import posterior as posterior_module
 from banel_trl.data import NegativesCollator, pad_prompts
-from banel_trl.posterior import completion_log_probs
+from banel_trl.scoring import completion_log_probs
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 
 

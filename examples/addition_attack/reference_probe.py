@@ -19,7 +19,7 @@ import torch
 
 from banel_trl import BanelPosterior, RejectionRegion
 from banel_trl.models import default_peft_config
-from banel_trl.posterior import completion_log_probs
+from banel_trl.scoring import completion_log_probs
 from banel_trl.tasks import addition_attack as task
 
 

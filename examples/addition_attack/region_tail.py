@@ -4,9 +4,9 @@ pretrained attacker (one round), score the reference pool, and print, for each r
 successes the region keeps when its threshold rejects that share of the pool's failures, the gain this gives
 (kept / (1 - rate)) and how many of the kept successes have a leading-zero operand. `--kappas` scores the region as
 `kappa * log p_phi - log p_theta` too (the reviewed paper's `p_theta / p_phi^kappa`; 1 is BaNEL's log-ratio), one
-result per exponent, from the same fit. `--negative_model` fits the negative model on the same failures as the paper
-has it, a separate model: `full` fine-tunes every weight of a copy of the attacker, `scratch` trains a fresh model of
-the attacker's architecture (random weights) from scratch; `lora` is BaNEL's LoRA beside the frozen attacker.
+result per exponent, from the same fit. `--negative_model` is `BanelConfig.negative_model`: `lora` (BaNEL's adapter
+beside the frozen attacker), or as the paper has it, a separate model: `copy` fine-tunes every weight of a copy of the
+attacker, `scratch` trains the attacker's architecture from random weights.
 
     python examples/addition_attack/region_tail.py --num_failures 3750 --seed 0 --results tail.jsonl
     python examples/addition_attack/region_tail.py --negative_model scratch --epochs 20 --seed 0 --results tail.jsonl
@@ -19,19 +19,15 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 
 import torch
-import transformers
 from datasets import Dataset
 from peft import LoraConfig
 
 from banel_trl import BanelConfig, BanelTrainer
-from banel_trl.collect import negative_examples
-from banel_trl.posterior import completion_log_probs
+from banel_trl.scoring import completion_log_probs
 from banel_trl.tasks import addition_attack as task
-from banel_trl.thresholds import hold_out_calibration
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +35,7 @@ from evaluation import auc, encode_queries, reference_pool  # noqa: E402
 from run import CACHE_DIR  # noqa: E402
 
 
-MODEL_NAMES = {"full": "a full fine-tune of a copy", "scratch": "a model trained from scratch"}
+MODEL_NAMES = {"copy": "a full fine-tune of a copy", "scratch": "a model trained from scratch"}
 
 
 def summarize(path: str) -> str:
@@ -90,10 +86,10 @@ def main(argv=None):
     )
     parser.add_argument(
         "--negative_model",
-        choices=["lora", "full", "scratch"],
+        choices=["lora", "copy", "scratch"],
         default="lora",
-        help="lora: BaNEL's adapter beside the frozen attacker; full: every weight of a copy of the attacker; scratch: "
-        "the attacker's architecture from random weights (the last two are separate models, as in the paper)",
+        help="BanelConfig.negative_model: lora, BaNEL's adapter beside the frozen attacker; copy, every weight of a "
+        "copy of the attacker; scratch, the attacker's architecture from random weights (separate models, as in the paper)",
     )
     parser.add_argument("--kappas", type=float, nargs="+", default=[1.0], help="exponents of p_phi in the score")
     parser.add_argument("--pool_samples", type=int, default=200_000)
@@ -120,6 +116,7 @@ def main(argv=None):
         max_reward_evaluations=args.num_failures,
         samples_per_round=args.num_failures,
         num_train_epochs=args.epochs,
+        negative_model=args.negative_model,
         generation_batch_size=4096,
         scoring_batch_size=4096,
         use_cpu=True,
@@ -141,16 +138,16 @@ def main(argv=None):
     batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
     with trainer.model.disable_adapter():
         base = {kind: log_likelihoods(trainer.model, batch) for kind, batch in batches.items()}
-    if args.negative_model == "lora":
-        cost = {"fit_seconds": sum(e.get("train_runtime", 0.0) for e in trainer.state.log_history)}
-        cost["trainable_parameters"] = trainer.model.get_nb_trainable_parameters()[0]
-        # log p_phi = log-ratio + log p_theta
-        negative = {
-            kind: trainer.posterior.log_ratios(**batch)[:, 0].float() + base[kind] for kind, batch in batches.items()
-        }
-    else:
-        model, cost = fit_separate_model(args, trainer)
-        negative = {kind: log_likelihoods(model, batch) for kind, batch in batches.items()}
+    cost = {"fit_seconds": sum(entry.get("train_runtime", 0.0) for entry in trainer.state.log_history)}
+    models = trainer.posterior.negative_models
+    parameters = (
+        models["negative_model_0"].num_parameters() if models else trainer.model.get_nb_trainable_parameters()[0]
+    )
+    cost["trainable_parameters"] = parameters
+    # log p_phi = log-ratio + log p_theta
+    negative = {
+        kind: trainer.posterior.log_ratios(**batch)[:, 0].float() + base[kind] for kind, batch in batches.items()
+    }
     for kappa in args.kappas:
         scores = {kind: kappa * negative[kind] - base[kind] for kind in batches}
         result = tail_result(args, kappa, scores, pool) | cost
@@ -169,33 +166,6 @@ def log_likelihoods(model, batch: dict, chunk: int = 4096) -> torch.Tensor:
             rows = {key: tensor[start : start + chunk] for key, tensor in batch.items()}
             values.append(completion_log_probs(model, **rows).sum(dim=1))
     return torch.cat(values).float()
-
-
-class SeparateModelTrainer(transformers.Trainer):
-    """A `Trainer` whose loss is `BanelTrainer`'s: the negative log-likelihood per completion token."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = -completion_log_probs(model, **inputs).sum() / inputs["completion_mask"].sum().clamp(min=1)
-        return (loss, None) if return_outputs else loss
-
-
-def fit_separate_model(args, trainer: BanelTrainer) -> tuple[torch.nn.Module, dict]:
-    """
-    The negative model as a separate model (a copy of the attacker, or its architecture from random weights), fit with
-    the run's optimisation arguments on the failures its region 0 was fit on (the held-out calibration share left out).
-    """
-    config = trainer.args
-    negatives = negative_examples(trainer.ledger, trainer.sampler, 0, config.negative_samples)
-    fit, _ = hold_out_calibration(negatives, 0, config.calibration_fraction, config.seed)
-    transformers.set_seed(config.seed)
-    model = transformers.AutoModelForCausalLM.from_pretrained(task.DEFAULT_ATTACKER_PATH)
-    if args.negative_model == "scratch":
-        model = transformers.AutoModelForCausalLM.from_config(model.config)
-    fit = [{key: example[key] for key in ("prompt_ids", "completion_ids")} for example in fit]
-    start = time.perf_counter()
-    SeparateModelTrainer(model, config, data_collator=trainer.data_collator, train_dataset=fit).train()
-    cost = {"fit_seconds": time.perf_counter() - start, "trainable_parameters": model.num_parameters()}
-    return model, cost
 
 
 def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:

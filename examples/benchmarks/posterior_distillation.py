@@ -19,7 +19,7 @@ from datasets import Dataset
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.data import NegativesCollator
-from banel_trl.posterior import completion_log_probs
+from banel_trl.scoring import completion_log_probs
 from banel_trl.testing import rare_b_proposal, starts_with_b
 
 

@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from banel_trl import BanelPosterior, RejectionRegion
-from banel_trl.posterior import completion_log_probs
+from banel_trl.scoring import completion_log_probs
 from banel_trl.testing import char_tokenizer, tiny_qwen2
 
 

@@ -1,0 +1,68 @@
+"""`negative_model="copy"` and `"scratch"`: each region's negative model is a separate model, as in the paper."""
+
+import pytest
+import torch
+
+from banel_trl import BanelConfig, BanelPosterior, BanelTrainer
+from banel_trl.hub import generate_banel_model_card
+from banel_trl.models import proposal_copy
+from banel_trl.testing import starts_with_b
+
+
+def encoded(tokenizer, texts):
+    """Prompt (BOS) and completion (text + EOS) tensors of `texts`, as the posterior scores them."""
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    width = max(map(len, ids))
+    completion_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
+    return {
+        "prompt_ids": torch.full((len(texts), 1), tokenizer.bos_token_id),
+        "prompt_mask": torch.ones(len(texts), 1, dtype=torch.long),
+        "completion_ids": completion_ids,
+        "completion_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids]),
+    }
+
+
+@pytest.mark.parametrize("negative_model", ["copy", "scratch"])
+def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
+    train_toy, make_config, make_proposal, tokenizer, unconditional_dataset, negative_model
+):
+    # Shallow cuts: the test is of the mechanics, not the sampling of deep ones.
+    args = make_config(negative_model=negative_model, first_region_rejection_rate=0.5, target_rejection_rate=0.5)
+    trainer = train_toy(args, starts_with_b)
+    regions = trainer.posterior.regions
+    assert [region.adapter_name for region in regions] == [f"negative_model_{k}" for k in range(3)]
+    # From round 1 on the reference is a separate model of the same posterior's samples (reference_model="posterior").
+    assert [region.reference_adapter for region in regions[1:]] == ["reference_model_1", "reference_model_2"]
+    assert all(region.separate and not region.adapter_names for region in regions)
+    # p_theta stays frozen: its weights, the PEFT model without adapters, are those of a fresh proposal.
+    fresh = make_proposal().state_dict()
+    assert all(torch.equal(value, fresh[key]) for key, value in proposal_copy(trainer.model).state_dict().items())
+    # Each negative model was trained: its weights moved away from p_theta's (copy) or its random start (scratch).
+    weights = trainer.posterior.negative_models["negative_model_0"].state_dict()
+    assert not all(torch.equal(value, fresh[key]) for key, value in weights.items())
+
+    batch = encoded(tokenizer, ["abcabc", "bbbbbb", "dcba", "aaaaaa"])
+    expected = trainer.posterior.log_ratios(**batch)
+    assert torch.isfinite(expected).all()
+    # The saved folder holds each separate model whole; it loads onto a plain p_theta and scores the same.
+    loaded = BanelPosterior.from_pretrained(args.output_dir, model=make_proposal())
+    assert sorted(loaded.negative_models) == sorted(trainer.posterior.negative_models)
+    torch.testing.assert_close(loaded.log_ratios(**batch), expected)
+    card = generate_banel_model_card(args.output_dir, "toy", "user/toy").content
+    assert "| Rejection regions | 3 (separate negative models) |" in card
+    # A resumed run restores them from the folder, pays nothing again and adds nothing.
+    resumed = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    resumed.train()
+    resumed.ledger.close()
+    assert resumed.num_reward_evaluations == trainer.num_reward_evaluations
+    assert resumed.posterior.regions == regions
+    torch.testing.assert_close(resumed.posterior.log_ratios(**batch), expected)
+
+
+def test_a_separate_negative_model_needs_the_exact_loop_and_a_known_form(tmp_path):
+    with pytest.raises(ValueError, match="distill_posterior=False"):
+        BanelConfig(output_dir=str(tmp_path), negative_model="scratch", distill_posterior=True)
+    with pytest.raises(ValueError, match="`negative_model` must be one of"):
+        BanelConfig(output_dir=str(tmp_path), negative_model="full")
