@@ -183,11 +183,11 @@ class BanelPosterior:
         separate = {name for region in regions for name in region.model_names}
         for name, adapter_weights in adapters.items():
             if name in separate:
-                self.negative_models[name] = negative_model_like(self.model, adapter_weights)
-            elif name not in self.model.peft_config:
+                self.negative_models[name] = negative_model_like(self.model, adapter_weights).eval()
+                continue
+            if name not in self.model.peft_config:
                 self.model.add_adapter(name, peft_config)
-            if name not in separate:
-                set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
         self.regions.extend(regions)
         self.proposal_adapter = proposal[0] if proposal is not None else self.proposal_adapter
 

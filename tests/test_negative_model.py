@@ -58,6 +58,7 @@ def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
     resumed.ledger.close()
     assert resumed.num_reward_evaluations == trainer.num_reward_evaluations
     assert resumed.posterior.regions == regions
+    assert not any(model.training for model in resumed.posterior.negative_models.values())  # dropout off, as fit
     torch.testing.assert_close(resumed.posterior.log_ratios(**batch), expected)
 
 
