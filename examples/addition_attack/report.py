@@ -5,7 +5,8 @@ paper's Figure 10.
 
     python examples/addition_attack/report.py results/addition_attack.jsonl --plot docs/results/addition_attack.png
     python examples/addition_attack/report.py results/no_lz.jsonl --variant no_leading_zeros \
-        --scaling_plot docs/results/compute_scaling.png --scaling_tags 1=epochs=1 5=relaxed95_resumed 20=epochs=20
+        --scaling_plot docs/results/compute_scaling.png --scaling_tags lora:5=relaxed95_resumed \
+        --scaling_probe docs/results/raw/addition_attack_negative_models.jsonl
 """
 
 import argparse
@@ -206,32 +207,55 @@ def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: st
     figure.savefig(path, dpi=120)
 
 
-def scaling_plot(results: list[dict], path: str, tags: dict[float, str], variant: str, base: float) -> None:
+MODEL_COLORS = {"lora": "C0", "scratch": "C1", "copy": "C2"}
+
+
+def scaling_plot(
+    results: list[dict],
+    path: str,
+    series: dict[str, dict[float, str]],
+    variant: str,
+    base: float,
+    probe: list[dict] | None = None,
+    cut: tuple[float, float] = (0.995, 1.0),
+) -> None:
     """
-    BaNEL's improvement over `base` (each seed, and the mean) against the epochs of each negative fit, `tags` giving
-    the runs of each epoch count, beside the paper's Figure 10; RND and pseudo-count as horizontal lines, ours solid
-    and the paper's dotted.
+    BaNEL's improvement over `base` against the epochs of each negative fit, beside the paper's Figure 10: end to end
+    for each negative model of `series` (its run tag per epoch count; each seed and the mean), and with `probe`
+    (`region_tail.py` results) the first region's mean gain at `cut` (rate of failures rejected, kappa) for each
+    negative model, dashed. RND and pseudo-count as horizontal lines, ours solid and the paper's dotted.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7.5, 4.5))
-    means = []
-    for epochs, tag in sorted(tags.items()):
-        gains = [
-            r["success_rate"] / base
-            for r in results
-            if (r["method"], r["variant"], r["tag"]) == ("banel", variant, tag)
-        ]
-        axis.scatter([epochs] * len(gains), gains, color="C0", s=12, alpha=0.5)
-        means.append((epochs, statistics.mean(gains)))
-    axis.plot(*zip(*means, strict=True), color="C0", marker="o", label="BaNEL here (each seed, mean)")
+    figure, axis = plt.subplots(figsize=(8.5, 4.5))
+    for model, tags in series.items():
+        means = []
+        for epochs, tag in sorted(tags.items()):
+            gains = [
+                r["success_rate"] / base
+                for r in results
+                if (r["method"], r["variant"], r["tag"]) == ("banel", variant, tag)
+            ]
+            axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
+            means.append((epochs, statistics.mean(gains)))
+        axis.plot(*zip(*means, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
+    gains = defaultdict(list)
+    for r in probe or []:
+        rates = {rate["rejects_failures"]: rate["gain"] for rate in r["rates"]}
+        if r["kappa"] == cut[1] and cut[0] in rates:
+            gains[r["negative_model"], r["epochs"]].append(rates[cut[0]])
+    for model in MODEL_COLORS:
+        points = sorted((epochs, statistics.mean(g)) for (name, epochs), g in gains.items() if name == model)
+        if points:
+            label = f"{model}, region 0 at {cut[0]:.1%} (kappa {cut[1]:g}), probe"
+            axis.plot(*zip(*points, strict=True), color=MODEL_COLORS[model], marker="^", ls="--", label=label)
     axis.plot(*zip(*PAPER_SCALING.items(), strict=True), color="C3", marker="s", ls=":", label="BaNEL, paper")
     for index, method in enumerate(PAPER_BASELINES):
         rates = [r["success_rate"] for r in results if (r["method"], r["variant"]) == (method, variant)]
-        color = f"C{index + 1}"
+        color = f"C{index + 4}"
         if rates:
             gain = statistics.mean(rates) / base
             axis.axhline(gain, color=color, lw=1, label=f"{method} here ({gain:.1f}x)")
@@ -263,8 +287,17 @@ def main():
         "--scaling_tags",
         nargs="+",
         default=[],
-        metavar="EPOCHS=TAG",
-        help="the tag of the BaNEL runs at each epoch count, for --scaling_plot",
+        metavar="MODEL:EPOCHS=TAG",
+        help="for --scaling_plot: the tag of the end-to-end BaNEL runs of each negative model and epoch count",
+    )
+    parser.add_argument("--scaling_probe", help="for --scaling_plot: region_tail.py results, drawn per negative model")
+    parser.add_argument(
+        "--probe_cut",
+        nargs=2,
+        type=float,
+        default=[0.995, 1.0],
+        metavar=("RATE", "KAPPA"),
+        help="the probe's cut drawn: share of failures rejected and kappa (default: the shipped first cut)",
     )
     args = parser.parse_args()
     results = load(args.results)
@@ -279,9 +312,14 @@ def main():
         plot(results, args.plot, args.variant, args.tag)
         print(f"\nplot: {args.plot}")
     if args.scaling_plot:
-        tags = {float(epochs): tag for epochs, tag in (item.split("=", 1) for item in args.scaling_tags)}
+        series = defaultdict(dict)
+        for item in args.scaling_tags:
+            model, rest = item.split(":", 1)
+            epochs, tag = rest.split("=", 1)
+            series[model][float(epochs)] = tag
+        probe = load(args.scaling_probe) if args.scaling_probe else None
         base = base_rate(results, args.variant, "", args.pretrained_mean)
-        scaling_plot(results, args.scaling_plot, tags, args.variant, base)
+        scaling_plot(results, args.scaling_plot, series, args.variant, base, probe, tuple(args.probe_cut))
         print(f"\ncompute-scaling plot: {args.scaling_plot}")
 
 
