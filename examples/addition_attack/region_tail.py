@@ -40,7 +40,7 @@ MODEL_NAMES = {"copy": "a full fine-tune of a copy", "scratch": "a model trained
 
 def summarize(path: str) -> str:
     """
-    Per variant, epoch count, LoRA rank and exponent: kept share of successes (and gain) per seed at each rejection
+    Per variant, negative model (LoRA rank), epoch count and exponent: kept share of successes (and gain) per seed at each rejection
     rate, and the AUC.
     """
     groups = defaultdict(list)
