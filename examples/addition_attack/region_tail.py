@@ -40,8 +40,8 @@ MODEL_NAMES = {"copy": "a full fine-tune of a copy", "scratch": "a model trained
 
 def summarize(path: str) -> str:
     """
-    Per variant, negative model (LoRA rank), epoch count and exponent: kept share of successes (and gain) per seed at each rejection
-    rate, and the AUC.
+    Per variant, negative model (LoRA rank), epoch count and exponent: kept share of successes (and gain) per seed at
+    each rejection rate, and the AUC.
     """
     groups = defaultdict(list)
     with open(path) as file:
