@@ -245,7 +245,7 @@ def scaling_plot(
     gains = defaultdict(list)
     for r in probe or []:
         rates = {rate["rejects_failures"]: rate["gain"] for rate in r["rates"]}
-        if r["kappa"] == cut[1] and cut[0] in rates:
+        if r["variant"] == variant and r["kappa"] == cut[1] and cut[0] in rates:
             gains[r["negative_model"], r["epochs"]].append(rates[cut[0]])
     for model in MODEL_COLORS:
         points = sorted((epochs, statistics.mean(g)) for (name, epochs), g in gains.items() if name == model)
