@@ -208,6 +208,7 @@ def plot(results: list[dict], path: str, variant: str = "leading_zeros", tag: st
 
 
 MODEL_COLORS = {"lora": "C0", "scratch": "C1", "copy": "C2"}
+GAIN_FLOOR = 0.1  # a gain of 0 (no success kept) is drawn here, at the bottom of the log axis
 
 
 def scaling_plot(
@@ -223,7 +224,7 @@ def scaling_plot(
     BaNEL's improvement over `base` against the epochs of each negative fit, beside the paper's Figure 10: end to end
     for each negative model of `series` (its run tag per epoch count; each seed and the mean), and with `probe`
     (`region_tail.py` results) the first region's mean gain at `cut` (rate of failures rejected, kappa) for each
-    negative model, dashed. RND and pseudo-count as horizontal lines, ours solid and the paper's dotted.
+    negative model, dashed (a gain of 0 at the bottom of the axis). RND and pseudo-count as horizontal lines, ours solid and the paper's dotted.
     """
     import matplotlib
 
@@ -248,7 +249,9 @@ def scaling_plot(
         if r["variant"] == variant and r["kappa"] == cut[1] and cut[0] in rates:
             gains[r["negative_model"], r["epochs"]].append(rates[cut[0]])
     for model in MODEL_COLORS:
-        points = sorted((epochs, statistics.mean(g)) for (name, epochs), g in gains.items() if name == model)
+        points = sorted(
+            (epochs, max(statistics.mean(g), GAIN_FLOOR)) for (name, epochs), g in gains.items() if name == model
+        )
         if points:
             label = f"{model}, region 0 at {cut[0]:.1%} (kappa {cut[1]:g}), probe"
             axis.plot(*zip(*points, strict=True), color=MODEL_COLORS[model], marker="^", ls="--", label=label)
@@ -263,6 +266,7 @@ def scaling_plot(
         axis.axhline(paper, color=color, lw=1, ls=":", label=f"{method}, paper ({paper:g}x)")
     axis.set_xscale("log")
     axis.set_yscale("log")
+    axis.set_ylim(GAIN_FLOOR / 1.5, 150)
     axis.set_xlabel("epochs per negative fit")
     axis.set_ylabel("improvement over the base model")
     axis.set_title(f"Compute scaling, addition attack ({variant.replace('_', ' ')})")
