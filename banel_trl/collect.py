@@ -429,8 +429,8 @@ def review_newest_region(
         evidence += (
             f"; relaxed to reject {args.relaxed_rejection_rate:g} of its held-out failures at kappa "
             f"{args.relaxed_kappa:g}, it would reject {rejected} of the {len(successes)} successes paid in round "
-            f"{newest.round}, whose scores rank above those failures' with one-sided Mann-Whitney U test p = "
-            f"{harm:.3g}"
+            f"{newest.round} (that their scores rank above those failures': one-sided Mann-Whitney U test p = "
+            f"{harm:.3g})"
         )
     newest.retracted = not relaxes
     logger.warning(
