@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from banel_trl import BanelConfig, BanelPosterior, BanelTrainer
+from banel_trl.data import NegativesCollator
 from banel_trl.hub import generate_banel_model_card
 from banel_trl.models import proposal_copy
 from banel_trl.testing import starts_with_b
@@ -11,15 +12,15 @@ from banel_trl.testing import starts_with_b
 
 def encoded(tokenizer, texts):
     """Prompt (BOS) and completion (text + EOS) tensors of `texts`, as the posterior scores them."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
-    width = max(map(len, ids))
-    completion_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
-    return {
-        "prompt_ids": torch.full((len(texts), 1), tokenizer.bos_token_id),
-        "prompt_mask": torch.ones(len(texts), 1, dtype=torch.long),
-        "completion_ids": completion_ids,
-        "completion_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids]),
-    }
+    return NegativesCollator(tokenizer.pad_token_id)(
+        [
+            {
+                "prompt_ids": [tokenizer.bos_token_id],
+                "completion_ids": tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+            }
+            for text in texts
+        ]
+    )
 
 
 @pytest.mark.parametrize("negative_model", ["copy", "scratch"])
