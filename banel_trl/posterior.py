@@ -303,9 +303,9 @@ class BanelPosterior:
             prompt_start = int(chunk_prompt_mask.any(dim=0).long().argmax())
             completion_end = len(used_completion) - int(used_completion.flip(0).argmax())
             name = names[int(chunk[0]) // num_samples]
-            with self._only_adapter(name):
+            with self._only_adapter(name) as model:
                 token_log_probs = completion_log_probs(
-                    self.negative_models.get(name, self.model),
+                    model,
                     prompt_ids[chunk_samples, prompt_start:],
                     chunk_prompt_mask[:, prompt_start:],
                     completion_ids[chunk_samples, :completion_end],
@@ -318,23 +318,23 @@ class BanelPosterior:
     @contextmanager
     def _only_adapter(self, name: str):
         """
-        Run the model under the adapter `name` alone (`BASE_ADAPTER`: none), then restore
-        the active adapter and which parameters require gradients, both of which `set_adapter` changes. A separate
-        negative model, or `p_theta` without adapters, needs no switch.
+        Yield the module that scores `name`: a separate negative model as it is, or the model under the adapter `name`
+        alone (`BASE_ADAPTER`: none), after which the active adapter and which parameters require gradients, both of
+        which `set_adapter` changes, are restored. `p_theta` without adapters needs no switch.
         """
-        if name in self.negative_models or not isinstance(self.model, PeftModel):
-            yield
+        if name in self.negative_models:
+            yield self.negative_models[name]
+        elif not isinstance(self.model, PeftModel) or name == self.model.active_adapter:
+            yield self.model
         elif name == BASE_ADAPTER:
             with self.model.disable_adapter():
-                yield
-        elif name == self.model.active_adapter:
-            yield
+                yield self.model
         else:
             previous = self.model.active_adapter
             requires_grad = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
             self.model.set_adapter(name)
             try:
-                yield
+                yield self.model
             finally:
                 self.model.set_adapter(previous)
                 for parameter, flag in requires_grad:
