@@ -33,6 +33,8 @@ import transformers
 from datasets import Dataset
 
 from banel_trl import BanelConfig, BanelTrainer
+from banel_trl.data import NegativesCollator
+from banel_trl.scoring import completion_log_probs
 from banel_trl.testing import checksum_is_zero, checksum_proposal, rare_b_proposal, starts_with_b
 
 
@@ -62,17 +64,15 @@ class MostLikely:
     @torch.no_grad()
     def log_likelihoods(self, completions: list[str]) -> torch.Tensor:
         """`log p_theta` of each completion, its end of sequence included."""
-        ids = [self.tokenizer("".join(text.split()))["input_ids"] for text in completions]
-        length = max(map(len, ids)) + 2
-        input_ids = torch.full((len(ids), length), self.tokenizer.pad_token_id)
-        for row, sequence in enumerate(ids):
-            input_ids[row, : len(sequence) + 2] = torch.tensor(
-                [self.tokenizer.bos_token_id, *sequence, self.tokenizer.eos_token_id]
-            )
-        mask = input_ids != self.tokenizer.pad_token_id
-        logits = self.model(input_ids=input_ids, attention_mask=mask.long()).logits[:, :-1]
-        token_log_probs = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None])[..., 0]
-        return (token_log_probs * mask[:, 1:]).sum(dim=1)
+        tokenizer = self.tokenizer
+        examples = [
+            {
+                "prompt_ids": [tokenizer.bos_token_id],
+                "completion_ids": tokenizer("".join(text.split()))["input_ids"] + [tokenizer.eos_token_id],
+            }
+            for text in completions
+        ]
+        return completion_log_probs(self.model, **NegativesCollator(tokenizer.pad_token_id)(examples)).sum(dim=1)
 
     def __call__(self, completions, **kwargs):
         return [float(value >= self.threshold) for value in self.log_likelihoods(completions).tolist()]
