@@ -178,6 +178,10 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             weight of a copy of the proposal, `"scratch"` trains the proposal's architecture from random weights on
             the failures alone, so its ratio to `p_theta` is not a reweighting of `p_theta`'s own likelihood. Both hold
             a whole model per region in memory and save it whole in the posterior's folder. The exact loop only.
+        negative_model_config (`dict[str, Any]` or `str`, *optional*):
+            With `negative_model="scratch"`, overrides of `p_theta`'s config for a smaller negative model than a whole
+            `p_theta` per region, e.g. `{"num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 1024}`
+            (JSON on the command line). It shares `p_theta`'s tokenizer, so `vocab_size` stays.
         warm_start_negative_model (`bool`, *optional*, defaults to `False`):
             Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
         threshold_type (`str`, *optional*, defaults to `"calibrated"`):
@@ -254,6 +258,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         "model_init_kwargs",
         "generation_kwargs",
         "chat_template_kwargs",
+        "negative_model_config",
     ]
 
     # Defaults of TrainingArguments that BaNEL changes: each round fits a small LoRA on a few hundred sequences.
@@ -470,6 +475,10 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             "help": "Each region's negative model: 'lora', an adapter beside the frozen proposal; 'copy', a full "
             "fine-tune of a copy of it; 'scratch', its architecture trained from random weights on the failures."
         },
+    )
+    negative_model_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "With negative_model='scratch', overrides of p_theta's config: a smaller negative model."},
     )
     warm_start_negative_model: bool = field(
         default=False,

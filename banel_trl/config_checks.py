@@ -262,6 +262,11 @@ def check_values(args) -> None:
             f"`negative_model={args.negative_model!r}` needs the exact loop: the distilled loop starts each negative "
             "model from the distilled proposal, a LoRA adapter. Set `distill_posterior=False` or `negative_model='lora'`."
         )
+    if args.negative_model_config is not None and args.negative_model != "scratch":
+        raise ValueError(
+            "`negative_model_config` sets the architecture of a negative model trained from scratch: set "
+            f"`negative_model='scratch'` (now {args.negative_model!r}) or drop it."
+        )
     if args.retraction_p_value is not None and not 0.0 < args.retraction_p_value <= 1.0:
         raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {args.retraction_p_value}.")
     if args.reference_min_successes < 0:

@@ -154,8 +154,10 @@ class AdapterFits:
         models, proposal = self.posterior.negative_models, self.model
         if warm_start is not None:
             model = copy.deepcopy(models[warm_start]).requires_grad_(True)
+        elif self.args.negative_model == "copy":
+            model = proposal_copy(proposal)
         else:
-            model = proposal_copy(proposal) if self.args.negative_model == "copy" else negative_model_like(proposal)
+            model = negative_model_like(proposal, self.args.negative_model_config)
         self.model = model
         try:
             loss = self._train_on(examples)

@@ -38,6 +38,7 @@ SETTINGS_RECORDED_LATER = {
     "relaxed_rejection_rate": None,
     "relaxed_kappa": 2.0,
     "negative_model": "lora",
+    "negative_model_config": None,
 }
 RECORDED_SETTINGS = (
     "seed",
@@ -61,6 +62,7 @@ RECORDED_SETTINGS = (
     "relaxed_rejection_rate",
     "relaxed_kappa",
     "negative_model",
+    "negative_model_config",
     "warm_start_negative_model",
     "threshold_type",
     "target_rejection_rate",

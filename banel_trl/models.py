@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -41,16 +42,58 @@ def reference_model_name(round_index: int) -> str:
     return f"reference_model_{round_index}"
 
 
-def negative_model_like(model: PeftModel, state_dict: dict[str, torch.Tensor] | None = None) -> PreTrainedModel:
+def negative_model_like(model: PeftModel, overrides: dict | None = None) -> PreTrainedModel:
     """
-    A separate model of the architecture of `model`'s base `p_theta`, in its dtype, on its device, trainable: with the
-    weights `state_dict` (a saved negative model's), or fresh random ones (seeded by the caller).
+    A separate model of the architecture of `model`'s base `p_theta` (with the config `overrides` of
+    `BanelConfig.negative_model_config`), from random weights (seeded by the caller), in its dtype, on its device,
+    trainable.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
-    separate = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
-    if state_dict is not None:
-        separate.load_state_dict(state_dict)
+    config = scratch_model_config(base.config, overrides or {})
+    separate = AutoModelForCausalLM.from_config(config, dtype=base.dtype)
     return separate.to(base.device).requires_grad_(True)
+
+
+def scratch_model_config(config: PretrainedConfig, overrides: dict) -> PretrainedConfig:
+    """
+    `p_theta`'s `config` with `overrides` (see `BanelConfig.negative_model_config`), checked by building the model on
+    the meta device. Fewer layers get as many `layer_types` when `p_theta`'s are all of one type. An override that is
+    not an attribute of the config, changes the vocabulary, or that the config refuses is refused, naming the option.
+    """
+    option = f"`negative_model_config={overrides}`"
+    unknown = [key for key in overrides if not hasattr(config, key)]
+    if unknown:
+        raise ValueError(f"{option}: {unknown} are not attributes of p_theta's {type(config).__name__}.")
+    if "vocab_size" in overrides:
+        raise ValueError(f"{option}: the negative model scores p_theta's tokens; drop `vocab_size`.")
+    values = {**config.to_dict(), **overrides}
+    values.pop("quantization_config", None)  # a model trained from scratch is not quantized
+    layer_types = values.get("layer_types")
+    if (
+        "num_hidden_layers" in overrides
+        and "layer_types" not in overrides
+        and layer_types
+        and len(set(layer_types)) == 1
+    ):
+        values["layer_types"] = layer_types[:1] * overrides["num_hidden_layers"]
+    try:
+        scratch = type(config).from_dict(values)
+        with torch.device("meta"):
+            AutoModelForCausalLM.from_config(scratch)
+    except Exception as error:
+        raise ValueError(f"{option} gives no {type(config).__name__} model: {error}") from None
+    return scratch
+
+
+def check_negative_model(model: PreTrainedModel, args) -> None:
+    """Refuse a `negative_model` that `p_theta` cannot give (see `BanelConfig.negative_model`), naming the fix."""
+    if args.negative_model == "copy" and getattr(model, "hf_quantizer", None) is not None:
+        raise ValueError(
+            "`negative_model='copy'` fine-tunes every weight of a copy of p_theta, which is quantized here. Use "
+            "`negative_model='scratch'` (a smaller model: `negative_model_config`) or `'lora'`."
+        )
+    if args.negative_model_config is not None:
+        scratch_model_config(model.config, args.negative_model_config)
 
 
 def proposal_copy(model: PeftModel) -> PreTrainedModel:

@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 from transformers.utils.logging import tqdm
 from trl.trainer.utils import pad, selective_log_softmax
 
-from .models import negative_model_like
 from .regions import (
     BASE_ADAPTER,
     POSTERIOR_CONFIG_NAME,
@@ -174,7 +173,7 @@ class BanelPosterior:
         self, regions: list[RejectionRegion], weights: list[dict], proposal: tuple | None, peft_config: PeftConfig
     ) -> None:
         """
-        Put back what a run saved: the adapters' and separate models' `weights` (one dict by name per region; an
+        Put back what a run saved: the adapters' `weights` and the separate models (one dict by name per region; an
         adapter the model lacks is added with `peft_config`), the `regions`, and the distilled `proposal`
         `(name, weights)` to sample from (`None`: `p_theta`).
         """
@@ -182,8 +181,8 @@ class BanelPosterior:
         adapters.update([proposal] if proposal is not None else [])
         separate = {name for region in regions for name in region.model_names}
         for name, adapter_weights in adapters.items():
-            if name in separate:
-                self.negative_models[name] = negative_model_like(self.model, adapter_weights).eval()
+            if name in separate:  # a separate model, loaded whole
+                self.negative_models[name] = adapter_weights.to(self.model.device).eval()
                 continue
             if name not in self.model.peft_config:
                 self.model.add_adapter(name, peft_config)

@@ -140,17 +140,17 @@ def load_negative_model(path: str, name: str) -> PreTrainedModel:
         ) from None
 
 
-def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict[str, torch.Tensor]]]]:
+def read_region_weights(path: str) -> tuple[list[RejectionRegion], list[dict[str, dict | PreTrainedModel]]]:
     """
-    The regions of a saved posterior folder, and for each the weights (on the CPU) of its adapters and separate
-    models, by name. A missing or unreadable one is refused with its folder named.
+    The regions of a saved posterior folder, and for each, by name, the weights of its adapters and its separate
+    models, on the CPU. A missing or unreadable one is refused with its folder named.
     """
     regions = read_regions(path)
     weights = []
     for region in regions:
         what = f"the adapter of region {region.round}"
         region_weights = {name: _read_adapter_weights(path, name, what) for name in region.adapter_names}
-        region_weights |= {name: load_negative_model(path, name).state_dict() for name in region.model_names}
+        region_weights |= {name: load_negative_model(path, name) for name in region.model_names}
         weights.append(region_weights)
     return regions, weights
 

@@ -38,6 +38,7 @@ from .hub import PAPER, TAGS, write_model_card
 from .ledger import RewardLedger
 from .manifest import FORCE, open_run_folder, run_manifest
 from .models import (
+    check_negative_model,
     default_peft_config,
     load_proposal,
     load_tokenizer,
@@ -167,6 +168,7 @@ class BanelTrainer(AdapterFits, Trainer):
         # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
         set_seed(args.seed)
         model = load_proposal(model, args, quantization_config)
+        check_negative_model(model, args)
         processing_class = load_tokenizer(processing_class, model, args)
 
         self.peft_config = peft_config or default_peft_config(model)

@@ -23,13 +23,27 @@ def encoded(tokenizer, texts):
     )
 
 
-@pytest.mark.parametrize("negative_model", ["copy", "scratch"])
+SMALLER = {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32}
+
+
+@pytest.mark.parametrize(
+    "negative_model, negative_model_config", [("copy", None), ("scratch", None), ("scratch", SMALLER)]
+)
 def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
-    train_toy, make_config, make_proposal, tokenizer, unconditional_dataset, negative_model
+    train_toy, make_config, make_proposal, tokenizer, unconditional_dataset, negative_model, negative_model_config
 ):
     # Shallow cuts: the test is of the mechanics, not the sampling of deep ones.
-    args = make_config(negative_model=negative_model, first_region_rejection_rate=0.5, target_rejection_rate=0.5)
+    args = make_config(
+        negative_model=negative_model,
+        negative_model_config=negative_model_config,
+        first_region_rejection_rate=0.5,
+        target_rejection_rate=0.5,
+    )
     trainer = train_toy(args, starts_with_b)
+    # Each is p_theta's architecture, or the smaller one asked for.
+    config = make_proposal().config.to_dict() | (negative_model_config or {})
+    for model in trainer.posterior.negative_models.values():
+        assert {key: getattr(model.config, key) for key in SMALLER} == {key: config[key] for key in SMALLER}
     regions = trainer.posterior.regions
     assert [region.adapter_name for region in regions] == [f"negative_model_{k}" for k in range(3)]
     # From round 1 on the reference is a separate model of the same posterior's samples (reference_model="posterior").
@@ -64,7 +78,36 @@ def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
 
 
 def test_a_separate_negative_model_needs_the_exact_loop_and_a_known_form(tmp_path):
+    with pytest.raises(ValueError, match="set `negative_model='scratch'`"):
+        BanelConfig(output_dir=str(tmp_path), negative_model_config=SMALLER)
     with pytest.raises(ValueError, match="distill_posterior=False"):
         BanelConfig(output_dir=str(tmp_path), negative_model="scratch", distill_posterior=True)
     with pytest.raises(ValueError, match="`negative_model` must be one of"):
         BanelConfig(output_dir=str(tmp_path), negative_model="full")
+
+
+@pytest.mark.parametrize(
+    "negative_model_config, message",
+    [
+        ({"num_hidden_layer": 1}, "are not attributes of p_theta's Qwen2Config"),
+        ({"vocab_size": 10}, "drop `vocab_size`"),
+        ({"num_hidden_layers": 1, "layer_types": ["full_attention"] * 2}, "gives no Qwen2Config model"),
+    ],
+)
+def test_a_smaller_scratch_model_is_checked_before_anything_is_paid(
+    make_config, proposal, tokenizer, unconditional_dataset, negative_model_config, message
+):
+    args = make_config(negative_model="scratch", negative_model_config=negative_model_config)
+    with pytest.raises(ValueError, match=message):
+        BanelTrainer(
+            proposal, starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+        )
+
+
+def test_a_quantized_proposal_has_no_copy_to_fine_tune(make_config, proposal, tokenizer, unconditional_dataset):
+    proposal.hf_quantizer = object()  # what `from_pretrained(..., quantization_config=...)` sets
+    args = make_config(negative_model="copy")
+    with pytest.raises(ValueError, match="negative_model='scratch'"):
+        BanelTrainer(
+            proposal, starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+        )
