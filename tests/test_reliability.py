@@ -13,6 +13,7 @@ import time
 import peft.peft_model
 import pytest
 import torch
+import transformers
 from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -71,11 +72,11 @@ class _KillAtStep(TrainerCallback):
             _die()
 
 
-def _child(model, tokenizer, output_dir, oracle_path, kill):
-    """One run (or resume) of the crash test, killing itself at `kill = (point, n)` when given."""
+def _child(model, tokenizer, output_dir, oracle_path, kill, overrides):
+    """One run (or resume) of the crash test with `overrides`, killing itself at `kill = (point, n)` when given."""
     torch.set_num_threads(1)
     point, n = kill or (None, 0)
-    count = {"reward": 0, "write": 0, "save": 0}
+    count = {"reward": 0, "write": 0, "save": 0, "model_save": 0}
 
     def oracle(prompts, completions, **kwargs):
         count["reward"] += 1
@@ -113,10 +114,21 @@ def _child(model, tokenizer, output_dir, oracle_path, kill):
             _die()
         save_file(tensors, filename, **kwargs)
 
+    save_model_file = transformers.modeling_utils.safe_save_file
+
+    def hooked_save_model_file(tensors, filename, **kwargs):  # a separate negative model's weights
+        count["model_save"] += 1
+        if point == "in_model_save" and count["model_save"] == n:
+            with open(filename, "wb") as file:
+                file.write(b"half a model")
+            _die()
+        save_model_file(tensors, filename, **kwargs)
+
     RewardLedger._write = hooked_write
     peft.peft_model.safe_save_file = hooked_save_file
+    transformers.modeling_utils.safe_save_file = hooked_save_model_file
     callbacks = [_KillAtStep(n)] if point == "fit_step" else []
-    args = BanelConfig(output_dir, **CRASH_SETTINGS)
+    args = BanelConfig(output_dir, **{**CRASH_SETTINGS, **overrides})
     trainer = BanelTrainer(
         copy.deepcopy(model),
         oracle,
@@ -148,16 +160,18 @@ def _ledger_keys(output_dir):
 def _final_state(output_dir):
     with open(os.path.join(output_dir, POSTERIOR_CONFIG_NAME)) as file:
         regions = json.load(file)["regions"]
-    weights = {
-        r["adapter_name"]: load_file(os.path.join(output_dir, r["adapter_name"], "adapter_model.safetensors"))
-        for r in regions
-    }
+    weights = {}
+    for name in [r["adapter_name"] for r in regions]:
+        adapter = os.path.join(output_dir, name, "adapter_model.safetensors")
+        weights[name] = load_file(
+            adapter if os.path.exists(adapter) else os.path.join(output_dir, name, "model.safetensors")
+        )
     with open(os.path.join(output_dir, LEDGER_NAME)) as file:
         ledger = file.read()
     return regions, weights, ledger
 
 
-def _run_until_done(model, tokenizer, output_dir, kills, probe_lock=False):
+def _run_until_done(model, tokenizer, output_dir, kills, probe_lock=False, overrides=None):
     """
     Run, kill and resume until a run finishes; check the books after each run. A run may finish before its hook
     point (how many reward calls, writes or fit steps a resumed run has left depends on the machine's floating-point
@@ -171,7 +185,14 @@ def _run_until_done(model, tokenizer, output_dir, kills, probe_lock=False):
         oracle_path = f"{output_dir}.oracle{run}.jsonl"  # one per run: a torn line stays the last of its file
         process = context.Process(
             target=_child,
-            args=(model, tokenizer, output_dir, oracle_path, None if kill is None or kill[0] == "delay" else kill),
+            args=(
+                model,
+                tokenizer,
+                output_dir,
+                oracle_path,
+                None if kill is None or kill[0] == "delay" else kill,
+                overrides or {},
+            ),
         )
         process.start()
         if kill is not None and kill[0] == "delay":
@@ -271,6 +292,33 @@ def test_sigkill_at_random_moments_and_hook_points_loses_nothing_and_pays_nothin
     print(f"{total_kills} SIGKILLs, {total_losses} evaluations lost in flight and paid again")
     assert total_kills >= 20, total_kills
     assert total_losses >= 1  # the "after_reward" hooks: paid, killed before the write, paid once more on resume
+
+
+def test_sigkill_while_saving_separate_negative_models_loses_nothing(_toy_proposal, tokenizer, tmp_path):
+    # Each save rewrites every separate model (round k: 2k + 1 of them, the references included): kills in the middle
+    # of writing one, and at a step of a fit, then resumes until the run ends as an uninterrupted one.
+    overrides = {"negative_model": "scratch", "negative_model_config": {"num_hidden_layers": 1}}
+    reference_dir = str(tmp_path / "reference")
+    assert _run_until_done(_toy_proposal, tokenizer, reference_dir, [], overrides=overrides) == (0, 0, [])
+    reference = _final_state(reference_dir)
+    assert [region["adapter_name"] for region in reference[0]] == [f"negative_model_{k}" for k in range(3)]
+    episodes, total_kills, i = (
+        [[("in_model_save", 1), ("in_model_save", 3), ("fit_step", 4), ("in_model_save", 2)]],
+        0,
+        0,
+    )
+    while episodes:
+        output_dir = str(tmp_path / f"episode{i}")
+        num_kills, _, unreached = _run_until_done(
+            _toy_proposal, tokenizer, output_dir, episodes.pop(0), overrides=overrides
+        )
+        episodes += [unreached] if unreached else []
+        total_kills, i = total_kills + num_kills, i + 1
+        regions, weights, ledger = _final_state(output_dir)
+        assert (regions, ledger) == (reference[0], reference[2])
+        for name, tensors in weights.items():
+            assert all(torch.equal(tensors[key], reference[1][name][key]) for key in tensors), name
+    assert total_kills == 4
 
 
 # ---------------------------------------------------------------------------------------------- hostile rewards

@@ -14,6 +14,7 @@ attacker, `scratch` trains the attacker's architecture from random weights.
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -48,6 +49,8 @@ def summarize(path: str) -> str:
         for result in map(json.loads, file):
             model = result.get("negative_model", "lora")
             model = f"LoRA rank {result.get('lora_rank', 16)}" if model == "lora" else MODEL_NAMES[model]
+            model += f" {result['negative_model_config']}" if result.get("negative_model_config") else ""
+            model += ", per token" if result.get("length_normalize") else ""
             groups[result["variant"], model, result["epochs"], result.get("kappa", 1.0)].append(result)
     tables = []
     for (variant, model, epochs, kappa), results in sorted(groups.items()):
@@ -91,7 +94,18 @@ def main(argv=None):
         help="BanelConfig.negative_model: lora, BaNEL's adapter beside the frozen attacker; copy, every weight of a "
         "copy of the attacker; scratch, the attacker's architecture from random weights (separate models, as in the paper)",
     )
+    parser.add_argument(
+        "--negative_model_config",
+        type=json.loads,
+        help="BanelConfig.negative_model_config (JSON), with --negative_model scratch: a smaller model, e.g. "
+        "'{\"num_hidden_layers\": 1}'",
+    )
     parser.add_argument("--kappas", type=float, nargs="+", default=[1.0], help="exponents of p_phi in the score")
+    parser.add_argument(
+        "--length_normalize",
+        action="store_true",
+        help="also score per token (BanelConfig.length_normalize: each log-likelihood over the completion's length)",
+    )
     parser.add_argument("--pool_samples", type=int, default=200_000)
     parser.add_argument("--pool_failures", type=int, default=20_000)
     parser.add_argument("--no_leading_zeros", action="store_true", help="the harder variant: leading zeros earn 0")
@@ -117,6 +131,7 @@ def main(argv=None):
         samples_per_round=args.num_failures,
         num_train_epochs=args.epochs,
         negative_model=args.negative_model,
+        negative_model_config=args.negative_model_config,
         generation_batch_size=4096,
         scoring_batch_size=4096,
         use_cpu=True,
@@ -148,9 +163,12 @@ def main(argv=None):
     negative = {
         kind: trainer.posterior.log_ratios(**batch)[:, 0].float() + base[kind] for kind, batch in batches.items()
     }
-    for kappa in args.kappas:
-        scores = {kind: kappa * negative[kind] - base[kind] for kind in batches}
-        result = tail_result(args, kappa, scores, pool) | cost
+    lengths = {kind: batch["completion_mask"].sum(dim=1).float() for kind, batch in batches.items()}
+    for kappa, per_token in itertools.product(args.kappas, [False, True] if args.length_normalize else [False]):
+        scores = {
+            kind: (kappa * negative[kind] - base[kind]) / (lengths[kind] if per_token else 1.0) for kind in batches
+        }
+        result = tail_result(args, kappa, scores, pool) | cost | {"length_normalize": per_token}
         print(json.dumps(result))
         if args.results:
             with open(args.results, "a") as file:
@@ -175,6 +193,7 @@ def tail_result(args, kappa: float, scores: dict, pool: dict) -> dict:
         "epochs": args.epochs,
         "negative_model": args.negative_model,
         "lora_rank": args.lora_rank,
+        "negative_model_config": args.negative_model_config,
         "kappa": kappa,
         "seed": args.seed,
         "variant": "no_leading_zeros" if args.no_leading_zeros else "leading_zeros",
