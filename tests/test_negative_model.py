@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from trl import TrlParser
 
 from banel_trl import BanelConfig, BanelPosterior, BanelTrainer
 from banel_trl.data import NegativesCollator
@@ -80,6 +81,16 @@ def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
 def test_a_separate_negative_model_needs_the_exact_loop_and_a_known_form(tmp_path):
     with pytest.raises(ValueError, match="set `negative_model='scratch'`"):
         BanelConfig(output_dir=str(tmp_path), negative_model_config=SMALLER)
+    # On the command line (or in a YAML file) the smaller model's config is JSON.
+    flags = [
+        "--output_dir",
+        str(tmp_path),
+        "--negative_model",
+        "scratch",
+        "--negative_model_config",
+        '{"hidden_size": 16}',
+    ]
+    assert TrlParser((BanelConfig,)).parse_args_and_config(flags)[0].negative_model_config == {"hidden_size": 16}
     with pytest.raises(ValueError, match="distill_posterior=False"):
         BanelConfig(output_dir=str(tmp_path), negative_model="scratch", distill_posterior=True)
     with pytest.raises(ValueError, match="`negative_model` must be one of"):
