@@ -180,13 +180,13 @@ class BanelPosterior:
         adapters = {name: values for region_weights in weights for name, values in region_weights.items()}
         adapters.update([proposal] if proposal is not None else [])
         separate = {name for region in regions for name in region.model_names}
-        for name, adapter_weights in adapters.items():
+        for name, saved in adapters.items():
             if name in separate:  # a separate model, loaded whole
-                self.negative_models[name] = adapter_weights.to(self.model.device).eval()
+                self.negative_models[name] = saved.to(self.model.device).eval()
                 continue
             if name not in self.model.peft_config:
                 self.model.add_adapter(name, peft_config)
-            set_peft_model_state_dict(self.model, adapter_weights, adapter_name=name)
+            set_peft_model_state_dict(self.model, saved, adapter_name=name)
         self.regions.extend(regions)
         self.proposal_adapter = proposal[0] if proposal is not None else self.proposal_adapter
 
