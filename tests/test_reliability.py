@@ -104,29 +104,22 @@ def _child(model, tokenizer, output_dir, oracle_path, kill, overrides):
         if point == "after_write" and count["write"] == n and lines:
             _die()
 
-    save_file = peft.peft_model.safe_save_file
+    def torn(save, kind):
+        """`save` (safetensors' `save_file`), killed half-written at its `n`-th call when `point` is `in_<kind>`."""
 
-    def hooked_save_file(tensors, filename, **kwargs):
-        count["save"] += 1
-        if point == "in_save" and count["save"] == n:
-            with open(filename, "wb") as file:
-                file.write(b"half an adapter")
-            _die()
-        save_file(tensors, filename, **kwargs)
+        def hooked_save(tensors, filename, **kwargs):
+            count[kind] += 1
+            if point == f"in_{kind}" and count[kind] == n:
+                with open(filename, "wb") as file:
+                    file.write(b"half a file")
+                _die()
+            save(tensors, filename, **kwargs)
 
-    save_model_file = transformers.modeling_utils.safe_save_file
-
-    def hooked_save_model_file(tensors, filename, **kwargs):  # a separate negative model's weights
-        count["model_save"] += 1
-        if point == "in_model_save" and count["model_save"] == n:
-            with open(filename, "wb") as file:
-                file.write(b"half a model")
-            _die()
-        save_model_file(tensors, filename, **kwargs)
+        return hooked_save
 
     RewardLedger._write = hooked_write
-    peft.peft_model.safe_save_file = hooked_save_file
-    transformers.modeling_utils.safe_save_file = hooked_save_model_file
+    peft.peft_model.safe_save_file = torn(peft.peft_model.safe_save_file, "save")  # adapters
+    transformers.modeling_utils.safe_save_file = torn(transformers.modeling_utils.safe_save_file, "model_save")
     callbacks = [_KillAtStep(n)] if point == "fit_step" else []
     args = BanelConfig(output_dir, **{**CRASH_SETTINGS, **overrides})
     trainer = BanelTrainer(
