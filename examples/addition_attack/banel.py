@@ -4,21 +4,29 @@ import os
 import time
 
 from datasets import Dataset
-from evaluation import encode_queries, posterior_success_rate, region_discrimination
+from evaluation import encode_queries, posterior_success_rate, proposal_pool, region_discrimination
 
 from banel_trl import BanelCallback, BanelConfig, BanelTrainer
+from banel_trl.regions import BASE_ADAPTER
 from banel_trl.tasks import addition_attack as task
+
+
+# Fresh samples of a distilled proposal that its region's AUC is measured on (main variant: ~1% successes, so ~200).
+PROPOSAL_POOL_SAMPLES = 20_000
 
 
 class RoundProbe(BanelCallback):
     """
     After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
     round that added no region, see `reference_min_successes` and `retraction_p_value`, has no region figures; one
-    that relaxed or retracted a region says which).
+    that relaxed or retracted a region says which). A region fit against `p_theta` is measured on the fixed pool of
+    `p_theta`'s samples (`pool_batches`), one fit against a distilled proposal on `PROPOSAL_POOL_SAMPLES` fresh
+    samples of that proposal, labelled by `reward` outside the run's budget.
     """
 
-    def __init__(self, pool_batches: dict):
+    def __init__(self, pool_batches: dict, tokenizer, reward, seed: int):
         self.pool_batches = pool_batches
+        self.tokenizer, self.reward, self.seed = tokenizer, reward, seed
         self.rounds = []
         self.start = time.time()
 
@@ -33,11 +41,7 @@ class RoundProbe(BanelCallback):
             "acceptance_rate": metrics["acceptance_rate"],
             "successes": metrics["successes/total"],
             "seconds": time.time() - self.start,
-            **(
-                {"threshold": region.threshold, **region_discrimination(trainer.posterior, self.pool_batches)}
-                if added
-                else {}
-            ),
+            **({"threshold": region.threshold, **self.discrimination(trainer, region)} if added else {}),
             **({changed: region.round} if region.reviewed_round == metrics["round"] else {}),
         }
         self.rounds.append(row)
@@ -45,6 +49,16 @@ class RoundProbe(BanelCallback):
             "    " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
             flush=True,
         )
+
+    def discrimination(self, trainer, region) -> dict:
+        if region.proposal == BASE_ADAPTER:
+            return region_discrimination(trainer.posterior, self.pool_batches)
+        samples = proposal_pool(
+            trainer.posterior, region.proposal, self.tokenizer, self.reward, trainer.generation_config,
+            PROPOSAL_POOL_SAMPLES, self.seed + 3000 + region.round,
+        )  # fmt: skip
+        batches = {kind: encode_queries(self.tokenizer, queries) for kind, queries in samples.items()}
+        return {"pool": "proposal", **region_discrimination(trainer.posterior, batches)}
 
 
 def run_banel(
@@ -69,7 +83,8 @@ def run_banel(
         use_cpu=True,
         **config_overrides,
     )
-    probe = RoundProbe({kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")})
+    batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
+    probe = RoundProbe(batches, tokenizer, reward, seed)
     trainer = BanelTrainer(
         task.DEFAULT_ATTACKER_PATH,  # a path, as a user passes a Hub id: the real loading code
         reward,

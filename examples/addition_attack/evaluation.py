@@ -98,6 +98,40 @@ def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: 
     return pool
 
 
+@torch.no_grad()
+def proposal_pool(
+    posterior,
+    proposal: str,
+    tokenizer,
+    reward,
+    generation_config,
+    num_samples: int,
+    seed: int,
+    batch_size: int = 8192,
+) -> dict:
+    """
+    A fresh labelled pool of the distilled proposal `proposal` alone (every candidate, whatever the regions decide),
+    held as `reference_pool` holds `p_theta`'s: a region fit against that proposal acts on its samples, so it is
+    measured on them. Its target calls are a measurement, outside the run's budget.
+    """
+    current, posterior.proposal_adapter = posterior.proposal_adapter, proposal
+    try:
+        torch.manual_seed(seed)
+        bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
+        queries = []
+        while len(queries) < num_samples:
+            candidates = posterior.propose(bos, torch.ones_like(bos), generation_config)
+            queries += tokenizer.batch_decode(candidates.completion_ids, skip_special_tokens=True)
+    finally:
+        posterior.proposal_adapter = current
+    queries = queries[:num_samples]
+    rewards = reward(completions=queries)
+    return {
+        "successes": [q for q, r in zip(queries, rewards, strict=True) if r],
+        "failures": [q for q, r in zip(queries, rewards, strict=True) if not r],
+    }
+
+
 def encode_queries(tokenizer, queries: list[str]) -> dict:
     """Prompt (BOS) and completion (query + EOS) tensors, laid out as the negative fit and the posterior score them."""
     return NegativesCollator(tokenizer.pad_token_id)(
@@ -115,8 +149,8 @@ def region_discrimination(posterior, pool_batches: dict) -> dict:
     """
     How the newest region acts on the posterior before it: on the pool's samples that every earlier region accepts,
     the AUC of its log-ratio between failures and successes, and the share of each it rejects. A region fit on a
-    distilled proposal acts on that proposal alone (the earlier regions are distilled into it): it is measured on the
-    whole pool of pretrained samples.
+    distilled proposal acts on that proposal alone (the earlier regions are distilled into it): give it a pool of
+    that proposal's samples (`proposal_pool`), which it measures whole.
     """
     region = posterior.regions[-1]
     earlier = [] if region.proposal != "__base__" else [r for r in posterior.regions[:-1] if not r.retracted]
