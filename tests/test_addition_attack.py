@@ -54,12 +54,24 @@ def test_quick_mode_runs_every_method(tmp_path):
     assert [r["round"] for r in banel["rounds"]] == [0, 1]
     assert all(0.0 <= r["rejects_failures"] <= 1.0 for r in banel["rounds"])
 
-    plot = tmp_path / "plot.png"
+    plot, scaling = tmp_path / "plot.png", tmp_path / "scaling.png"
     report = subprocess.run(
-        [sys.executable, os.path.join(EXPERIMENT, "report.py"), str(results), "--plot", str(plot)],
+        [
+            sys.executable,
+            os.path.join(EXPERIMENT, "report.py"),
+            str(results),
+            "--plot",
+            str(plot),
+            "--scaling_tags",
+            "lora:5=",  # the quick run: untagged, at the shipped 5 epochs per fit
+            "--scaling_plot",
+            str(scaling),
+        ],
         check=True,
         env=env,
         capture_output=True,
         text=True,
     )
     assert "| banel | 1 |" in report.stdout and plot.stat().st_size > 0
+    assert f"({banel['successes']} / {banel['samples']:,}) |" in report.stdout.split("| lora | 5 | 0 |")[1]
+    assert scaling.stat().st_size > 0

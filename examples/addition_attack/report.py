@@ -211,6 +211,42 @@ MODEL_COLORS = {"lora": "C0", "scratch": "C1", "copy": "C2"}
 GAIN_FLOOR = 0.1  # a gain of 0 (no success kept) is drawn here, at the bottom of the log axis
 
 
+def scaling_gains(results: list[dict], series: dict[str, dict[float, str]], variant: str, base: float) -> dict:
+    """
+    BaNEL's runs per seed, as `(seed, improvement over base, successes, samples)`, for each negative model and epoch
+    count of `series` (their tags). With no pretrained success (`base` 0) the improvement is undefined: NaN.
+    """
+    return {
+        (model, epochs): sorted(
+            (r["seed"], r["success_rate"] / base if base else float("nan"), r["successes"], r["samples"])
+            for r in results
+            if (r["method"], r["variant"], r["tag"]) == ("banel", variant, tag)
+        )
+        for model, tags in series.items()
+        for epochs, tag in sorted(tags.items())
+    }
+
+
+def times(gain: float) -> str:
+    """An improvement as the tables print it; `n/a` where it is undefined (no pretrained success)."""
+    return f"{gain:.1f}x" if math.isfinite(gain) else "n/a"
+
+
+def scaling_table(gains: dict) -> str:
+    """The compute-scaling table: each negative model's end-to-end improvement per epoch count, beside the paper's."""
+    lines = [
+        "| negative model | epochs per fit | seeds | improvement per seed (successes / samples) | mean | paper (Figure 10) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (model, epochs), per_seed in gains.items():
+        seeds = ", ".join(str(seed) for seed, *_ in per_seed)
+        values = ", ".join(f"{times(gain)} ({hits} / {samples:,})" for _, gain, hits, samples in per_seed)
+        mean = statistics.mean(gain for _, gain, *_ in per_seed) if per_seed else float("nan")
+        paper = f"{PAPER_SCALING[epochs]:g}x" if epochs in PAPER_SCALING else ""
+        lines.append(f"| {model} | {epochs:g} | {seeds} | {values} | {times(mean)} | {paper} |")
+    return "\n".join(lines)
+
+
 def scaling_plot(
     results: list[dict],
     path: str,
@@ -232,16 +268,14 @@ def scaling_plot(
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8.5, 4.5))
-    for model, tags in series.items():
+    end_to_end = scaling_gains(results, series, variant, base)
+    for model in series:
         means = []
-        for epochs, tag in sorted(tags.items()):
-            gains = [
-                r["success_rate"] / base
-                for r in results
-                if (r["method"], r["variant"], r["tag"]) == ("banel", variant, tag)
-            ]
-            axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
-            means.append((epochs, statistics.mean(gains)))
+        for (name, epochs), per_seed in end_to_end.items():
+            gains = [gain for _, gain, *_ in per_seed]
+            if name == model and gains:
+                axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
+                means.append((epochs, statistics.mean(gains)))
         axis.plot(*zip(*means, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
     gains = defaultdict(list)
     for r in probe or []:
@@ -259,7 +293,7 @@ def scaling_plot(
     for index, method in enumerate(PAPER_BASELINES):
         rates = [r["success_rate"] for r in results if (r["method"], r["variant"]) == (method, variant)]
         color = f"C{index + 4}"
-        if rates:
+        if rates and base:  # no pretrained success: no improvement to draw
             gain = statistics.mean(rates) / base
             axis.axhline(gain, color=color, lw=1, label=f"{method} here ({gain:.1f}x)")
         paper = PAPER_BASELINES[method]
@@ -292,7 +326,8 @@ def main():
         nargs="+",
         default=[],
         metavar="MODEL:EPOCHS=TAG",
-        help="for --scaling_plot: the tag of the end-to-end BaNEL runs of each negative model and epoch count",
+        help="the tag of the end-to-end BaNEL runs of each negative model and epoch count: printed as the "
+        "compute-scaling table, and drawn by --scaling_plot",
     )
     parser.add_argument("--scaling_probe", help="for --scaling_plot: region_tail.py results, drawn per negative model")
     parser.add_argument(
@@ -315,14 +350,17 @@ def main():
     if args.plot:
         plot(results, args.plot, args.variant, args.tag)
         print(f"\nplot: {args.plot}")
+    series = defaultdict(dict)
+    for item in args.scaling_tags:
+        model, rest = item.split(":", 1)
+        epochs, tag = rest.split("=", 1)
+        series[model][float(epochs)] = tag
+    base = base_rate(results, args.variant, "", args.pretrained_mean)
+    if series:
+        print("\nCompute scaling, end to end (improvement over the pretrained attacker)\n")
+        print(scaling_table(scaling_gains(results, series, args.variant, base)))
     if args.scaling_plot:
-        series = defaultdict(dict)
-        for item in args.scaling_tags:
-            model, rest = item.split(":", 1)
-            epochs, tag = rest.split("=", 1)
-            series[model][float(epochs)] = tag
         probe = load(args.scaling_probe) if args.scaling_probe else None
-        base = base_rate(results, args.variant, "", args.pretrained_mean)
         scaling_plot(results, args.scaling_plot, series, args.variant, base, probe, tuple(args.probe_cut))
         print(f"\ncompute-scaling plot: {args.scaling_plot}")
 
