@@ -63,13 +63,14 @@ def posterior_success_rate(
         keep = proposal.completion_ids[proposal.accepted]
         accepted_texts += tokenizer.batch_decode(keep, skip_special_tokens=True)
         proposed += batch_size
+    acceptance_rate = len(accepted_texts) / proposed  # before the last batch's surplus is dropped
     accepted_texts = accepted_texts[:num_samples]
     rewards = reward(completions=accepted_texts)
     summary = rate_summary(int(sum(rewards)), len(accepted_texts))
     return {
         **summary,
         "proposed": proposed,
-        "acceptance_rate": len(accepted_texts) / proposed,
+        "acceptance_rate": acceptance_rate,
         "queries": [q for q, r in zip(accepted_texts, rewards, strict=True) if r],
     }
 
