@@ -11,7 +11,8 @@ from banel_trl.regions import BASE_ADAPTER
 from banel_trl.tasks import addition_attack as task
 
 
-# Fresh samples of a distilled proposal that its region's AUC is measured on (main variant: ~1% successes, so ~200).
+# Fresh samples of a distilled proposal that its region's AUC is measured on (main variant, seed 0, round 1: 494
+# successes among them).
 PROPOSAL_POOL_SAMPLES = 20_000
 
 

@@ -276,7 +276,8 @@ def scaling_plot(
             if name == model and gains:
                 axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
                 means.append((epochs, statistics.mean(gains)))
-        axis.plot(*zip(*means, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
+        if means:  # a negative model whose tags match no run has no curve
+            axis.plot(*zip(*means, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
     gains = defaultdict(list)
     for r in probe or []:
         rates = {rate["rejects_failures"]: rate["gain"] for rate in r["rates"]}
