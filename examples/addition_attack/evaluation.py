@@ -7,6 +7,7 @@ import time
 import torch
 
 from banel_trl.data import NegativesCollator
+from banel_trl.regions import BASE_ADAPTER
 from banel_trl.report import clopper_pearson
 from banel_trl.tasks import addition_attack as task
 
@@ -154,7 +155,7 @@ def region_discrimination(posterior, pool_batches: dict) -> dict:
     that proposal's samples (`proposal_pool`), which it measures whole.
     """
     region = posterior.regions[-1]
-    earlier = [] if region.proposal != "__base__" else [r for r in posterior.regions[:-1] if not r.retracted]
+    earlier = [] if region.proposal != BASE_ADAPTER else [r for r in posterior.regions[:-1] if not r.retracted]
     scores, survivors = {}, {}
     for kind, batch in pool_batches.items():
         ratios = posterior.log_ratios(**batch, regions=[*earlier, region])
