@@ -41,6 +41,22 @@ def model_success_rate(model, tokenizer, reward, num_samples: int, seed: int, te
     }
 
 
+def by_outcome(queries: list[str], rewards: list[float]) -> dict:
+    """The queries the target rewarded (`successes`) and the others (`failures`), in order."""
+    return {
+        "successes": [q for q, r in zip(queries, rewards, strict=True) if r],
+        "failures": [q for q, r in zip(queries, rewards, strict=True) if not r],
+    }
+
+
+def seeded_proposals(posterior, tokenizer, generation_config, seed: int, batch_size: int):
+    """Endless batches of `batch_size` unconditional candidates of `posterior` (a `Proposal` each), seeded by `seed`."""
+    torch.manual_seed(seed)
+    bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
+    while True:
+        yield posterior.propose(bos, torch.ones_like(bos), generation_config)
+
+
 @torch.no_grad()
 def posterior_success_rate(
     posterior,
@@ -56,11 +72,10 @@ def posterior_success_rate(
     Success rate of the BaNEL posterior on fresh samples: candidates from p_theta, filtered by every region, until
     `num_samples` are accepted or `max_proposals` were drawn. Only accepted samples are scored by the target.
     """
-    torch.manual_seed(seed)
-    bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
+    batches = seeded_proposals(posterior, tokenizer, generation_config, seed, batch_size)
     proposed, accepted_texts = 0, []
     while len(accepted_texts) < num_samples and proposed < max_proposals:
-        proposal = posterior.propose(bos, torch.ones_like(bos), generation_config)
+        proposal = next(batches)
         keep = proposal.completion_ids[proposal.accepted]
         accepted_texts += tokenizer.batch_decode(keep, skip_special_tokens=True)
         proposed += batch_size
@@ -88,12 +103,8 @@ def reference_pool(tokenizer, attacker, reward, num_samples: int, num_failures: 
     start = time.time()
     queries = task.sample_queries(attacker, tokenizer, num_samples, batch_size=4000, seed=12345)
     rewards = reward(completions=queries)
-    pool = {
-        "successes": [q for q, r in zip(queries, rewards, strict=True) if r],
-        "failures": [q for q, r in zip(queries, rewards, strict=True) if not r][:num_failures],
-        "num_samples": num_samples,
-        "seconds": time.time() - start,
-    }
+    pool = by_outcome(queries, rewards)
+    pool.update(failures=pool["failures"][:num_failures], num_samples=num_samples, seconds=time.time() - start)
     os.makedirs(cache_dir, exist_ok=True)
     with open(path, "w") as file:
         json.dump(pool, file)
@@ -118,20 +129,14 @@ def proposal_pool(
     """
     current, posterior.proposal_adapter = posterior.proposal_adapter, proposal
     try:
-        torch.manual_seed(seed)
-        bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
+        batches = seeded_proposals(posterior, tokenizer, generation_config, seed, batch_size)
         queries = []
         while len(queries) < num_samples:
-            candidates = posterior.propose(bos, torch.ones_like(bos), generation_config)
-            queries += tokenizer.batch_decode(candidates.completion_ids, skip_special_tokens=True)
+            queries += tokenizer.batch_decode(next(batches).completion_ids, skip_special_tokens=True)
     finally:
         posterior.proposal_adapter = current
     queries = queries[:num_samples]
-    rewards = reward(completions=queries)
-    return {
-        "successes": [q for q, r in zip(queries, rewards, strict=True) if r],
-        "failures": [q for q, r in zip(queries, rewards, strict=True) if not r],
-    }
+    return by_outcome(queries, reward(completions=queries))
 
 
 def encode_queries(tokenizer, queries: list[str]) -> dict:

@@ -268,16 +268,14 @@ def scaling_plot(
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8.5, 4.5))
-    end_to_end = scaling_gains(results, series, variant, base)
-    for model in series:
-        means = []
-        for (name, epochs), per_seed in end_to_end.items():
-            gains = [gain for _, gain, *_ in per_seed]
-            if name == model and gains:
-                axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
-                means.append((epochs, statistics.mean(gains)))
-        if means:  # a negative model whose tags match no run has no curve
-            axis.plot(*zip(*means, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
+    means = defaultdict(list)  # per negative model: (epochs, mean gain), for the epoch counts that have runs
+    for (model, epochs), per_seed in scaling_gains(results, series, variant, base).items():
+        gains = [gain for _, gain, *_ in per_seed]
+        if gains:
+            axis.scatter([epochs] * len(gains), gains, color=MODEL_COLORS[model], s=12, alpha=0.5)
+            means[model].append((epochs, statistics.mean(gains)))
+    for model, points in means.items():
+        axis.plot(*zip(*points, strict=True), color=MODEL_COLORS[model], marker="o", label=f"{model}, end to end")
     gains = defaultdict(list)
     for r in probe or []:
         rates = {rate["rejects_failures"]: rate["gain"] for rate in r["rates"]}
