@@ -1,6 +1,6 @@
 """Configuration of the [`BanelTrainer`]."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainingArguments
@@ -29,7 +29,22 @@ POSITIVE_INTS = (
     "steps_per_generation",
     "max_completion_length",
     "max_sampling_attempts",
-    "scoring_batch_size",
+    "per_device_eval_batch_size",
+    "distillation_samples",
+)
+# The settings inherited from TrainingArguments that decide what a run fits: recorded in the run's manifest with the
+# fields of BanelConfig whose metadata says `recorded` (a resume that changes one is not the same run).
+RECORDED_TRAINING_ARGUMENTS = (
+    "seed",
+    "world_size",  # each process samples its own stream: another number of processes draws other candidates
+    "max_steps",
+    "gradient_accumulation_steps",
+    "optim",
+    "lr_scheduler_type",
+    "weight_decay",
+    "warmup_steps",
+    "max_grad_norm",
+    "full_determinism",
 )
 
 
@@ -130,112 +145,42 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             As in [`~trl.GRPOConfig`]: vLLM draws the candidates, the regions score them with transformers (see
             [`VLLMArguments`]). `generation_kwargs` are then vLLM `SamplingParams`, as in GRPO.
 
-        > Negative models and rejection regions
+        > Rejection regions
 
-        negative_samples (`str`, *optional*, defaults to `"round"`):
-            Failures the negative model of round `k` is fit on: `"round"` (this round's only, i.e. samples of the
-            current posterior) or `"all"` (every failure so far). `"round"` matches the samples the reference is fit on
-            (`reference_model="posterior"`); against `p_theta` (`reference_model="proposal"`), `"all"` discriminated
-            better.
-        reference_model (`str`, *optional*, defaults to `"posterior"`):
-            What the negative model of round `k` is compared with. `"proposal"`: `p_theta`, the paper's ratio
-            `p_theta(x) / p_phi_k(x)`. `"posterior"`: from round 1 on, a second LoRA `p_ref_k`, fit the same way on
-            as many fresh samples of the posterior the negatives came from; these samples are never evaluated (no NRE,
-            only generations, and none that the ledger knows to be a success). A LoRA fit on posterior samples learns a
-            smooth version of the posterior's shape, which against `p_theta` makes the region reject where the earlier
-            regions kept the successes; `p_ref_k` learns the same shape, so `p_phi_k / p_ref_k` keeps what the failures
-            teach (docs/concepts.md). Round 0's negatives are samples of `p_theta` itself, its own exact reference.
-        reference_min_successes (`int`, *optional*, defaults to `10`):
-            With `reference_model="posterior"`, a round from round 1 on adds its region only if its evaluated samples
-            held at least this many successes. Its failures and the reference's samples come from the same posterior
-            and differ by the successes alone: without enough of them the region fits noise, rejects successes as often
-            as failures, and divides the acceptance by `1 / (1 - target_rejection_rate)`. A round without a region
-            keeps its evaluations, which count against the budget.
-        retraction_p_value (`float`, *optional*, defaults to `0.05`):
-            A region stays only if the next round's paid samples, drawn with it, succeed more often than the paid
-            samples it was fit on, drawn without it (one-sided Fisher exact test at this p-value); otherwise the next
-            round retracts it (it stops rejecting) and adds no region of its own, since its samples came from the
-            retracted posterior. When successes look like ordinary samples a region cannot tell them apart and cuts
-            them with the failures; the paid evidence then sends the posterior back to where it did not lose.
-            With `relaxed_rejection_rate` set, such a region is relaxed instead of retracted, and retracted only if the
-            round after shows it lowered the success rate (the same test, the other way). `None` keeps every region
-            as fit. The exact loop only: a distilled proposal has the region in its weights.
-        relaxed_rejection_rate (`float` or `None`, *optional*, defaults to `0.95`):
-            The shallower cut a region falls back to when the next round's paid samples do not show it helped (see
-            `retraction_p_value`): it then rejects this share of the failures held out of its fit, scored with
-            `relaxed_kappa`. A deep cut keeps atypical successes; a shallow one with `kappa` above 1 keeps successes
-            that are merely less likely under the proposal, which a round's few successes cannot show. It is
-            retracted instead if it scores the successes paid in the region's own round (never trained on) higher
-            than those failures, so that it rejects them more (one-sided Mann-Whitney U test at `retraction_p_value`).
-            `None` retracts such a region.
-            With `threshold_type="filter_factor"` it is retracted.
-        relaxed_kappa (`float`, *optional*, defaults to `2.0`):
-            The `kappa` of a relaxed region's score (see `relaxed_rejection_rate`).
+        target_rejection_rate (`float`, *optional*, defaults to `0.9`):
+            The share of fresh failures each region after the first rejects: its threshold is the `1 -
+            target_rejection_rate` quantile of the log-ratios of failures held out of its fit, whatever their scale.
+            Each region divides the acceptance by `1 / (1 - target_rejection_rate)`: for runs of more than two rounds,
+            lower it (0.5) or raise `max_sampling_attempts`.
+        first_region_rejection_rate (`float` or `None`, *optional*, defaults to `0.995`):
+            The share of fresh failures the first region rejects (`None`: `target_rejection_rate`). The first region,
+            fit on samples of `p_theta`, is a typicality filter: a deep cut keeps successes that are atypical samples
+            of `p_theta` and rejects typical-looking ones, so use 0.5 when successes may look typical. The posterior
+            then accepts about `1 - first_region_rejection_rate` of the proposals, which `max_sampling_attempts` must
+            allow.
         negative_model (`str`, *optional*, defaults to `"lora"`):
-            The form of each region's negative model `p_phi_k` (and of its reference `p_ref_k` from round 1 on, with
-            `reference_model="posterior"`). `"lora"`: a LoRA adapter (`peft_config`) beside the frozen proposal, the
-            cheapest in memory. The paper's negative model is a separate generative model: `"copy"` fine-tunes every
-            weight of a copy of the proposal, `"scratch"` trains the proposal's architecture from random weights on
-            the failures alone, so its ratio to `p_theta` is not a reweighting of `p_theta`'s own likelihood. Both hold
-            a whole model per region in memory and save it whole in the posterior's folder. The exact loop only.
+            The form of each region's negative model `p_phi_k` and of its reference `p_ref_k`. `"lora"`: a LoRA adapter
+            (`peft_config`) beside the frozen proposal, the cheapest in memory. The paper's negative model is a
+            separate generative model: `"copy"` fine-tunes every weight of a copy of the proposal, `"scratch"` trains
+            the proposal's architecture from random weights on the failures alone. Both hold a whole model per region
+            in memory and save it whole in the posterior's folder. The exact loop only.
         negative_model_config (`dict[str, Any]` or `str`, *optional*):
             With `negative_model="scratch"`, overrides of `p_theta`'s config for a smaller negative model than a whole
             `p_theta` per region, e.g. `{"num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 1024}`
             (JSON on the command line). It shares `p_theta`'s tokenizer, so `vocab_size` stays.
-        warm_start_negative_model (`bool`, *optional*, defaults to `False`):
-            Initialise each round's LoRA adapter from the previous round's instead of afresh (at `p_theta`).
-        threshold_type (`str`, *optional*, defaults to `"calibrated"`):
-            `"calibrated"`: the threshold of region `k` is the `1 - target_rejection_rate` quantile of the log-ratios
-            of failures held out of its fit, so that fraction of fresh failures lands inside the region whatever the
-            scale of the log-ratios. `"filter_factor"`: reject when `p_phi_k(x) > filter_factor * p_ref_k(x)` (the
-            paper's form when `p_ref_k` is `p_theta`).
-        target_rejection_rate (`float`, *optional*, defaults to `0.9`):
-            With `threshold_type="calibrated"`, the fraction of fresh failures (of the posterior the region was fit
-            on) each region after the first rejects. Higher concentrates faster when the regions discriminate, but
-            each region divides the acceptance by `1 / (1 - target_rejection_rate)`: for runs of more than two rounds,
-            lower it (0.5) or raise `max_sampling_attempts`.
-        first_region_rejection_rate (`float` or `None`, *optional*, defaults to `0.995`):
-            With `threshold_type="calibrated"`, the fraction of fresh failures the first region rejects (`None`: the
-            same as `target_rejection_rate`). The first region, fit on samples of `p_theta`, is a typicality filter: a
-            deep cut keeps successes that are atypical samples of `p_theta` and rejects typical-looking ones, so use
-            0.5 when successes may look typical. The posterior then accepts about `1 - first_region_rejection_rate` of
-            the proposals, which `max_sampling_attempts` must allow.
-        calibration_fraction (`float`, *optional*, defaults to `0.2`):
-            With `threshold_type="calibrated"`, the share of each round's failures held out of the fit to set the
-            threshold.
-        filter_factor (`float`, *optional*, defaults to `1.0`):
-            With `threshold_type="filter_factor"`, the paper's `1/tau`.
-        kappa (`float`, *optional*, defaults to `1.0`):
-            Exponent of the negative model in a region's score, `kappa * log p_phi_k(x) - log p_ref_k(x)` (the reviewed
-            paper's `p_theta / p_phi^kappa`). Above 1 the score leans on `p_ref_k`'s own likelihood: the region then
-            also rejects what the proposal finds typical (docs/results/addition_attack.md measures it).
-        length_normalize (`bool`, *optional*, defaults to `False`):
-            Compare per-token (length-normalised) log-likelihoods instead of sequence log-likelihoods.
-        scoring_batch_size (`int`, *optional*, defaults to `64`):
-            Rows per forward pass when scoring candidates under `p_theta` and the regions (a candidate takes one row
-            per model it is scored under; one a region rejects is not scored under the later ones).
 
         > Distillation (the paper's Algorithm 2)
 
         distill_posterior (`bool`, *optional*, defaults to `False`):
-            After each round, fit a LoRA proposal `q_{k+1}` by maximum likelihood on unevaluated samples of the
-            posterior (no NRE) and sample the next round from it. Round `k+1`'s negative model starts from `q_{k+1}`
-            and its region is `log p_phi - log q_{k+1} > threshold`: each round is a round 0 against the model that
-            drew its samples (`reference_model` does not apply), the acceptance stays near `1 - rejection rate`
-            instead of multiplying down, and the run ends with one generator, a plain PEFT adapter (saved at the top
-            of `output_dir` by `save_model`). Regions already distilled into the proposal stop rejecting unless
-            `keep_distilled_regions`.
+            After each round, fit a LoRA proposal `q_{k+1}` (starting from `q_k`) by maximum likelihood on unevaluated
+            samples of the posterior (no NRE) and sample the next round from it. Round `k+1`'s negative model starts
+            from `q_{k+1}` and its region is `log p_phi - log q_{k+1} > threshold`: each round is a round 0 against the
+            model that drew its samples, the acceptance stays near `1 - rejection rate` instead of multiplying down,
+            and the run ends with one generator, a plain PEFT adapter (saved at the top of `output_dir` by
+            `save_model`). Regions already distilled into the proposal stop rejecting.
         distillation_samples (`int`, *optional*, defaults to `6000`):
-            Unevaluated posterior samples each distillation is fit on (generations only, no NRE). Too few blur away the
-            successes of a posterior that holds few of them (docs/results/addition_attack.md).
-        distillation_epochs (`float`, *optional*):
-            Epochs of each distillation fit. Defaults to `num_train_epochs`.
-        distillation_warm_start (`bool`, *optional*, defaults to `True`):
-            Start `q_{k+1}` from `q_k` (the posterior is `q_k` minus a region: a small change) instead of from
-            `p_theta`.
-        keep_distilled_regions (`bool`, *optional*, defaults to `False`):
-            Keep rejecting with the regions already distilled into the proposal: exact filters on top of an
-            approximate proposal, at the price of their acceptance.
+            Unevaluated posterior samples each distillation is fit on for `num_train_epochs` (generations only, no
+            NRE). Too few blur away the successes of a posterior that holds few of them.
 
         > Logging
 
@@ -249,6 +194,9 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     > - `learning_rate`: Defaults to `1e-3` instead of `5e-5`.
     > - `num_train_epochs`: Defaults to `5.0` instead of `3.0`.
     > - `per_device_train_batch_size`: Defaults to `64` instead of `8`.
+    > - `per_device_eval_batch_size`: Defaults to `64` instead of `8`: the rows per forward pass when scoring
+    >   candidates under `p_theta` and the regions (a candidate takes one row per model it is scored under; one a
+    >   region rejects is not scored under the later ones).
     > - `logging_steps`: Defaults to `10` instead of `500`.
     > - `save_strategy`: Defaults to `"no"` instead of `"steps"`.
     > - `remove_unused_columns`: Defaults to `False` instead of `True`.
@@ -264,15 +212,19 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     # Defaults of TrainingArguments that BaNEL changes: each round fits a small LoRA on a few hundred sequences.
     learning_rate: float = field(
         default=1e-3,
-        metadata={"help": "Learning rate of the negative model's LoRA fit, per round."},
+        metadata={"recorded": True, "help": "Learning rate of the negative model's LoRA fit, per round."},
     )
     num_train_epochs: float = field(
         default=5.0,
-        metadata={"help": "Epochs of the negative model's fit per round: more compute, same NREs."},
+        metadata={"recorded": True, "help": "Epochs of the negative model's fit per round: more compute, same NREs."},
     )
     per_device_train_batch_size: int = field(
         default=64,
-        metadata={"help": "Batch size per device of the negative model's fit."},
+        metadata={"recorded": True, "help": "Batch size per device of the negative model's fit."},
+    )
+    per_device_eval_batch_size: int = field(
+        default=64,
+        metadata={"help": "Rows per forward pass when scoring candidates under p_theta and the regions."},
     )
     logging_steps: float = field(
         default=10,
@@ -298,8 +250,9 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     samples_per_round: int | None = field(
         default=None,
         metadata={
+            "recorded": True,
             "help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit). Defaults to "
-            "ceil(max_reward_evaluations / num_rounds)."
+            "ceil(max_reward_evaluations / num_rounds).",
         },
     )
     num_rounds: int | None = field(
@@ -311,11 +264,11 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     )
     success_threshold: float = field(
         default=1.0,
-        metadata={"help": "A sample succeeds when its weighted reward reaches this value."},
+        metadata={"recorded": True, "help": "A sample succeeds when its weighted reward reaches this value."},
     )
     reward_weights: list[float] | None = field(
         default=None,
-        metadata={"help": "Weights of the reward functions. Defaults to 1 for each."},
+        metadata={"recorded": True, "help": "Weights of the reward functions. Defaults to 1 for each."},
     )
     multi_objective_aggregation: str = field(
         default="sum_then_normalize",
@@ -336,13 +289,16 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     )
     disable_dropout: bool = field(
         default=False,
-        metadata={"help": "Set p_theta's dropout to 0, so the negative fits learn the likelihoods the regions score."},
+        metadata={
+            "recorded": True,
+            "help": "Set p_theta's dropout to 0, so the negative fits learn the likelihoods the regions score.",
+        },
     )
 
     # Generation
     num_generations: int = field(
         default=8,
-        metadata={"help": "Completions sampled per prompt in a generation batch."},
+        metadata={"recorded": True, "help": "Completions sampled per prompt in a generation batch."},
     )
     num_generations_eval: int | None = field(
         default=None,
@@ -353,8 +309,9 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     generation_batch_size: int | None = field(
         default=None,
         metadata={
+            "recorded": True,
             "help": "Candidates proposed per call to generate, a multiple of num_generations. Defaults to "
-            "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64."
+            "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64.",
         },
     )
     steps_per_generation: int | None = field(
@@ -364,43 +321,57 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     shuffle_dataset: bool = field(
         default=True,
         metadata={
-            "help": "Shuffle each round's prompts from its seed (reproducible); False: in dataset order, cycling."
+            "recorded": True,
+            "help": "Shuffle each round's prompts from its seed (reproducible); False: in dataset order, cycling.",
         },
     )
     max_completion_length: int = field(
         default=256,
-        metadata={"help": "Maximum length of a completion, in tokens."},
+        metadata={"recorded": True, "help": "Maximum length of a completion, in tokens."},
     )
     temperature: float = field(
         default=1.0,
-        metadata={"help": "Sampling temperature; also scales the logits of every likelihood BaNEL computes."},
+        metadata={
+            "recorded": True,
+            "help": "Sampling temperature; also scales the logits of every likelihood BaNEL computes.",
+        },
     )
     top_p: float = field(
         default=1.0,
-        metadata={"help": "Nucleus sampling: cumulative probability of the tokens kept. Must be in (0, 1]."},
+        metadata={
+            "recorded": True,
+            "help": "Nucleus sampling: cumulative probability of the tokens kept. Must be in (0, 1].",
+        },
     )
     top_k: int = field(
         default=0,
-        metadata={"help": "Top-k filtering of the proposal; 0 disables it."},
+        metadata={"recorded": True, "help": "Top-k filtering of the proposal; 0 disables it."},
     )
     min_p: float | None = field(
         default=None,
-        metadata={"help": "Minimum token probability, scaled by the probability of the most likely token."},
+        metadata={
+            "recorded": True,
+            "help": "Minimum token probability, scaled by the probability of the most likely token.",
+        },
     )
     repetition_penalty: float = field(
         default=1.0,
-        metadata={"help": "Penalty on tokens already present in the prompt and completion."},
+        metadata={"recorded": True, "help": "Penalty on tokens already present in the prompt and completion."},
     )
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={
+            "recorded": True,
             "help": "Extra keyword arguments for transformers.GenerationConfig (vLLM's SamplingParams with use_vllm); "
-            "they override the above."
+            "they override the above.",
         },
     )
     chat_template_kwargs: dict | str | None = field(
         default=None,
-        metadata={"help": "Extra keyword arguments for apply_chat_template on conversational prompts."},
+        metadata={
+            "recorded": True,
+            "help": "Extra keyword arguments for apply_chat_template on conversational prompts.",
+        },
     )
     cache_implementation: str | None = field(
         default=None,
@@ -429,104 +400,38 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         },
     )
 
-    # Negative models and rejection regions
-    negative_samples: str = field(
-        default="round",
-        metadata={
-            "help": "Failures each negative model is fit on: 'round' (this round's, the samples the reference is fit "
-            "on too) or 'all' (all so far)."
-        },
-    )
-    reference_model: str = field(
-        default="posterior",
-        metadata={
-            "help": "What each negative model is compared with: 'posterior' (from round 1 on, a LoRA fit on as many "
-            "unevaluated samples of the posterior the negatives came from) or 'proposal' (p_theta, the paper's form)."
-        },
-    )
-    reference_min_successes: int = field(
-        default=10,
-        metadata={
-            "help": "With reference_model='posterior', a round from round 1 on adds its region only if it found at "
-            "least this many successes: without them its region fits noise that only slows sampling."
-        },
-    )
-    retraction_p_value: float | None = field(
-        default=0.05,
-        metadata={
-            "help": "Retract a region unless the next round's paid samples succeed more often than those it was fit "
-            "on (one-sided Fisher test at this p-value): it never costs what it cannot show. None: keep all regions."
-        },
-    )
-    relaxed_rejection_rate: float | None = field(
-        default=0.95,
-        metadata={
-            "help": "Relax a region the next round does not show to help to this shallower cut (scored with "
-            "relaxed_kappa) instead of retracting it; it is retracted if it then shows a loss. None: retract it."
-        },
-    )
-    relaxed_kappa: float = field(
-        default=2.0,
-        metadata={"help": "The kappa of a relaxed region's score (see relaxed_rejection_rate); > 0."},
-    )
-    negative_model: str = field(
-        default="lora",
-        metadata={
-            "help": "Each region's negative model: 'lora', an adapter beside the frozen proposal; 'copy', a full "
-            "fine-tune of a copy of it; 'scratch', its architecture trained from random weights on the failures."
-        },
-    )
-    negative_model_config: dict[str, Any] | str | None = field(
-        default=None,
-        metadata={"help": "With negative_model='scratch', overrides of p_theta's config: a smaller negative model."},
-    )
-    warm_start_negative_model: bool = field(
-        default=False,
-        metadata={"help": "Initialise each round's adapter from the previous round's instead of at p_theta."},
-    )
-    threshold_type: str = field(
-        default="calibrated",
-        metadata={
-            "help": "'calibrated': threshold = quantile of held-out failures' log-ratios (scale-free); "
-            "'filter_factor': reject when p_phi_k(x) > filter_factor * p_ref_k(x) (the paper's form, with p_theta)."
-        },
-    )
+    # Rejection regions
     target_rejection_rate: float = field(
         default=0.9,
         metadata={
-            "help": "Calibrated thresholds: fraction of fresh failures each region after the first rejects, in "
-            "(0, 1). Each region divides the acceptance by 1 / (1 - rate): lower it for runs of more than two rounds."
+            "help": "Fraction of fresh failures each region after the first rejects, in (0, 1). Each region divides "
+            "the acceptance by 1 / (1 - rate): lower it for runs of more than two rounds.",
+            "recorded": True,
         },
     )
     first_region_rejection_rate: float | None = field(
         default=0.995,
         metadata={
-            "help": "Calibrated thresholds: fraction of fresh failures the first region (fit on p_theta's own "
-            "samples) rejects, in (0, 1); None: target_rejection_rate. A deep cut keeps only successes that are "
-            "atypical samples of p_theta: use 0.5 when they may look typical."
+            "help": "Fraction of fresh failures the first region (fit on p_theta's own samples) rejects, in (0, 1); "
+            "None: target_rejection_rate. A deep cut keeps only successes that are atypical samples of p_theta: use "
+            "0.5 when they may look typical.",
+            "recorded": True,
         },
     )
-    calibration_fraction: float = field(
-        default=0.2,
-        metadata={"help": "Calibrated thresholds: share of a round's failures held out of the fit, in (0, 1)."},
-    )
-    filter_factor: float = field(
-        default=1.0,
-        metadata={"help": "filter_factor thresholds: reject when p_phi_k(x) > filter_factor * p_ref_k(x); > 0."},
-    )
-    kappa: float = field(
-        default=1.0,
+    negative_model: str = field(
+        default="lora",
         metadata={
-            "help": "Exponent of p_phi in a region's score kappa * log p_phi - log p_ref (the paper's p_phi^kappa)."
+            "help": "Each region's negative model: 'lora', an adapter beside the frozen proposal; 'copy', a full "
+            "fine-tune of a copy of it; 'scratch', its architecture trained from random weights on the failures.",
+            "recorded": True,
         },
     )
-    length_normalize: bool = field(
-        default=False,
-        metadata={"help": "Compare per-token log-likelihoods instead of sequence log-likelihoods."},
-    )
-    scoring_batch_size: int = field(
-        default=64,
-        metadata={"help": "Rows per forward pass when scoring candidates under p_theta and all regions."},
+    negative_model_config: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "With negative_model='scratch', overrides of p_theta's config: a smaller negative model.",
+            "recorded": True,
+        },
     )
 
     # Distillation (the paper's Algorithm 2)
@@ -534,29 +439,16 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         default=False,
         metadata={
             "help": "After each round, fit a LoRA proposal on unevaluated posterior samples and sample the next round "
-            "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter."
+            "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter.",
+            "recorded": True,
         },
     )
     distillation_samples: int = field(
         default=6000,
         metadata={
             "help": "Unevaluated posterior samples each distillation is fit on (no NRE). Too few blur away the "
-            "successes of a posterior that holds few of them."
-        },
-    )
-    distillation_epochs: float | None = field(
-        default=None,
-        metadata={"help": "Epochs of each distillation fit. Defaults to num_train_epochs."},
-    )
-    distillation_warm_start: bool = field(
-        default=True,
-        metadata={"help": "Start each distilled proposal from the previous one instead of from p_theta."},
-    )
-    keep_distilled_regions: bool = field(
-        default=False,
-        metadata={
-            "help": "Keep rejecting with the regions already distilled into the proposal (exact filters, at the price "
-            "of their acceptance) instead of only the newest one."
+            "successes of a posterior that holds few of them.",
+            "recorded": True,
         },
     )
 
@@ -586,15 +478,11 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         warn_about_checkpoints(self)
         if self.first_region_rejection_rate is None:
             self.first_region_rejection_rate = self.target_rejection_rate
-        self._check_distillation()
         self.check_vllm_arguments()
         check_values(self)
 
-    def _check_distillation(self) -> None:
-        """Fill in and check the distillation settings (see `distill_posterior`)."""
-        if self.distillation_epochs is None:
-            self.distillation_epochs = self.num_train_epochs
-        if self.distillation_samples < 2:
-            raise ValueError(f"`distillation_samples` must be at least 2, got {self.distillation_samples}.")
-        if not self.distillation_epochs > 0:
-            raise ValueError(f"`distillation_epochs` must be > 0, got {self.distillation_epochs}.")
+    @classmethod
+    def recorded_settings(cls) -> tuple[str, ...]:
+        """The settings a run's manifest records: the fields marked `recorded` and `RECORDED_TRAINING_ARGUMENTS`."""
+        own = tuple(f.name for f in fields(cls) if f.metadata.get("recorded"))
+        return own + RECORDED_TRAINING_ARGUMENTS

@@ -18,12 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 # BaNEL's options that take one of a few values.
-CHOICES = {
-    "threshold_type": ("calibrated", "filter_factor"),
-    "negative_samples": ("round", "all"),
-    "reference_model": ("posterior", "proposal"),
-    "negative_model": ("lora", "copy", "scratch"),
-}
+CHOICES = {"negative_model": ("lora", "copy", "scratch")}
 
 # Options with which `Trainer.train`, which fits each round's negative model, would call `evaluate` itself (or that
 # only act on its results), each with the value that turns it off. BaNEL's `evaluate` pays reward calls.
@@ -267,17 +262,13 @@ def check_values(args) -> None:
             "`negative_model_config` sets the architecture of a negative model trained from scratch: set "
             f"`negative_model='scratch'` (now {args.negative_model!r}) or drop it."
         )
-    if args.retraction_p_value is not None and not 0.0 < args.retraction_p_value <= 1.0:
-        raise ValueError(f"`retraction_p_value` must be in (0, 1] or None, got {args.retraction_p_value}.")
-    if args.reference_min_successes < 0:
-        raise ValueError(f"`reference_min_successes` must be >= 0, got {args.reference_min_successes}.")
-    rates = ["target_rejection_rate", "first_region_rejection_rate", "calibration_fraction", "relaxed_rejection_rate"]
-    for name in rates:
+    for name in ["target_rejection_rate", "first_region_rejection_rate"]:
         if getattr(args, name) is not None and not 0.0 < getattr(args, name) < 1.0:
             raise ValueError(f"`{name}` must be in (0, 1), got {getattr(args, name)}.")
-    for name in ("kappa", "relaxed_kappa", "filter_factor", "temperature"):
-        if not getattr(args, name) > 0.0:
-            raise ValueError(f"`{name}` must be > 0, got {getattr(args, name)}.")
+    if args.distillation_samples < 2:
+        raise ValueError(f"`distillation_samples` must be at least 2, got {args.distillation_samples}.")
+    if not args.temperature > 0.0:
+        raise ValueError(f"`temperature` must be > 0, got {args.temperature}.")
     if not 0.0 < args.top_p <= 1.0:
         raise ValueError(f"`top_p` must be in (0, 1], got {args.top_p}.")
     if args.top_k < 0:

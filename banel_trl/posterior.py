@@ -1,47 +1,23 @@
 """The BaNEL posterior: a proposal (p_theta, or a distilled LoRA) restricted to the complement of its rejection regions."""
 
 import copy
-import json
 import math
-import os
-import shutil
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from peft import PeftConfig, PeftModel, set_peft_model_state_dict
-from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
-from transformers.utils.logging import tqdm
+from transformers import GenerationConfig, PreTrainedModel
 from trl.trainer.utils import pad, selective_log_softmax
 
-from .regions import (
-    BASE_ADAPTER,
-    POSTERIOR_CONFIG_NAME,
-    RejectionRegion,
-    load_negative_model,
-    read_posterior_config,
-    read_regions,
-    saved_adapter_names,
-)
-from .scoring import completion_log_probs, completion_mask_from_ids
+from .regions import BASE_ADAPTER, RejectionRegion, load_posterior, save_posterior, saved_adapter_names
+from .rejection import PosteriorAcceptanceError, sample_until
+from .scoring import completion_mask_from_ids, only_adapter, sequence_log_probs
 
 
 MIN_STAGE_ROWS = 64  # `log_ratios(stop_at_rejection=True)` scores several regions per stage below this many rows
 MAX_GENERATION_LOGITS = 2**26  # logits `propose` keeps from generation to reuse for log p_theta (256 MiB in float32)
-SAMPLER_SETTINGS = (
-    "temperature",
-    "kappa",
-    "length_normalize",
-    "scoring_batch_size",
-    "max_sampling_attempts",
-    "proposal_adapter",
-    "keep_distilled_regions",
-)
-
-
-class PosteriorAcceptanceError(RuntimeError):
-    """Raised when rejection sampling hits its attempt cap: the posterior accepts (almost) nothing."""
+SAVED_SETTINGS = ("temperature", "scoring_batch_size", "max_sampling_attempts", "proposal_adapter")
 
 
 @dataclass
@@ -60,16 +36,6 @@ class Proposal:
     accepted: torch.Tensor
 
 
-def acceptance_too_low(accepted: int, proposed: int, max_sampling_attempts: int) -> bool:
-    """
-    Whether `accepted` of `proposed` candidates puts the acceptance rate below `1 / max_sampling_attempts` with about
-    95% confidence (the Poisson upper bound `accepted + 3 + 2 sqrt(accepted)`: the rule of three at zero). Sampling
-    loops give up on it after a few multiples of `max_sampling_attempts` proposals, instead of spending their whole
-    allowance on a posterior that accepts (almost) nothing, such as one with a corrupt threshold.
-    """
-    return proposed > max_sampling_attempts * (accepted + 3 + 2 * math.sqrt(accepted))
-
-
 class BanelPosterior:
     r"""
     The BaNEL posterior `p(x) ∝ q(x) · prod_k 1[x not in R_k]`, sampled exactly by rejection.
@@ -77,10 +43,10 @@ class BanelPosterior:
     The proposal `q` is `p_theta`, the base model with its adapters disabled, or a LoRA adapter distilled from an
     earlier posterior (`proposal_adapter`, see `BanelConfig.distill_posterior`). Each region `R_k` is a LoRA adapter
     `p_phi_k` on the same base, a reference (`p_theta`, or a LoRA adapter `p_ref_k`) and a threshold: `x` is rejected
-    when `kappa * log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given
-    the prompt; `kappa` is 1 by default). The active regions are those fit on samples of the current proposal, or all
-    with `keep_distilled_regions`.
-    Candidates are scored under the regions in order, and one rejected by a region is not scored under the later ones.
+    when `log p_phi_k(x) - log p_ref_k(x) > threshold_k` for ANY active `k` (computed on the completion, given the
+    prompt; a relaxed region weighs `log p_phi_k` by its own `kappa`). The active regions are those fit on samples of
+    the current proposal. Candidates are scored under the regions in order, and one rejected by a region is not scored
+    under the later ones.
 
     Args:
         model ([`~peft.PeftModel`]):
@@ -89,11 +55,6 @@ class BanelPosterior:
             The rejection regions, in the order they were added.
         temperature (`float`, *optional*, defaults to `1.0`):
             Temperature applied to the logits of every likelihood, the one the regions were fit with.
-        kappa (`float`, *optional*, defaults to `1.0`):
-            Exponent of each negative model in its region's score: `kappa * log p_phi_k(x) - log p_ref_k(x)`; a
-            region with a `kappa` of its own (a relaxed one) uses that.
-        length_normalize (`bool`, *optional*, defaults to `False`):
-            Compare per-token mean log-likelihoods instead of sums.
         scoring_batch_size (`int`, *optional*, defaults to `64`):
             Rows per forward pass when scoring; a candidate takes one row for `p_theta` and one per region it is
             scored under.
@@ -106,12 +67,12 @@ class BanelPosterior:
             Hide the progress bar of [`~BanelPosterior.generate`] (samples accepted, acceptance rate).
         proposal_adapter (`str`, *optional*, defaults to `BASE_ADAPTER`):
             The LoRA adapter that proposes candidates; `BASE_ADAPTER` is `p_theta`.
-        keep_distilled_regions (`bool`, *optional*, defaults to `False`):
-            Reject with every region, also those fit on samples of an earlier proposal.
         proposal_sampler (`Callable`, *optional*):
             Draws the candidates instead of the model's `generate`: `proposal_sampler(adapter, input_ids,
             attention_mask)` returns right-padded completion ids, one per row, sampled from the proposal `adapter`
             (active while it runs). [`VLLMSampler`] is one.
+        negative_models (`dict[str, torch.nn.Module]`, *optional*):
+            The separate negative models and references of the regions, by name (see `BanelConfig.negative_model`).
     """
 
     def __init__(
@@ -119,42 +80,29 @@ class BanelPosterior:
         model: PeftModel,
         regions: list[RejectionRegion] | None = None,
         temperature: float = 1.0,
-        kappa: float = 1.0,
-        length_normalize: bool = False,
         scoring_batch_size: int = 64,
         max_sampling_attempts: int = 10000,
         generation_config: GenerationConfig | None = None,
         disable_tqdm: bool = False,
         proposal_adapter: str = BASE_ADAPTER,
-        keep_distilled_regions: bool = False,
         proposal_sampler: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         negative_models: dict[str, torch.nn.Module] | None = None,
     ):
         self.model = model
         self.regions = list(regions or [])
         self.temperature = temperature
-        self.kappa = kappa
-        self.length_normalize = length_normalize
         self.scoring_batch_size = scoring_batch_size
         self.max_sampling_attempts = max_sampling_attempts
         self.generation_config = generation_config or model.generation_config
         self.disable_tqdm = disable_tqdm
         self.proposal_adapter = proposal_adapter
-        self.keep_distilled_regions = keep_distilled_regions
         self.proposal_sampler = proposal_sampler
         self.negative_models = dict(negative_models or {})
 
     @property
     def active_regions(self) -> list[RejectionRegion]:
-        """
-        The regions that reject: those fit on samples of the current proposal, or all (`keep_distilled_regions`);
-        never a retracted one.
-        """
-        return [
-            region
-            for region in self.regions
-            if not region.retracted and (self.keep_distilled_regions or region.proposal == self.proposal_adapter)
-        ]
+        """The regions that reject: those fit on samples of the current proposal, never a retracted one."""
+        return [region for region in self.regions if not region.retracted and region.proposal == self.proposal_adapter]
 
     @property
     def adapter_names(self) -> list[str]:
@@ -202,9 +150,9 @@ class BanelPosterior:
         proposal_log_probs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        `kappa * log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (divided by the
-        completion length when `length_normalize`). `p_theta` is scored once per candidate; each forward chunk runs
-        under one adapter.
+        `kappa_k * log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (`kappa_k` is 1
+        unless the region was relaxed). `p_theta` is scored once per candidate; each forward chunk runs under one
+        adapter.
 
         Args:
             prompt_ids, prompt_mask, completion_ids, completion_mask (`torch.Tensor`):
@@ -227,7 +175,6 @@ class BanelPosterior:
         if not regions:
             return ratios
         thresholds = torch.tensor([region.threshold for region in regions], device=device)
-        lengths = completion_mask.sum(dim=1).clamp(min=1).float()
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         alive = torch.arange(num_samples, device=device)
         # Full-length log-likelihoods of the models scored once for all stages: the proposal (when known) and p_theta.
@@ -244,14 +191,12 @@ class BanelPosterior:
                 scored = self._stage_log_probs([regions[k] for k in stage], alive, shared, inputs)
                 stage_ratios = torch.stack(
                     [
-                        self.region_kappa(regions[k]) * scored[regions[k].adapter_name]
+                        (regions[k].kappa or 1.0) * scored[regions[k].adapter_name]
                         - scored[regions[k].reference_adapter]
                         for k in stage
                     ],
                     dim=1,
                 )
-                if self.length_normalize:
-                    stage_ratios = stage_ratios / lengths[alive, None]
                 ratios[alive, stage.start : stage.stop] = stage_ratios
                 if stop_at_rejection:
                     alive = alive[~(stage_ratios > thresholds[stage.start : stage.stop]).any(dim=1)]
@@ -273,75 +218,13 @@ class BanelPosterior:
         names = [BASE_ADAPTER] * needs_base + [
             n for n in dict.fromkeys(names) if n not in shared and n != BASE_ADAPTER
         ]
-        log_probs = dict(zip(names, self._sequence_log_probs(names, alive, *inputs), strict=True)) if names else {}
+        scored = sequence_log_probs(
+            self.model, self.negative_models, names, alive, *inputs, self.temperature, self.scoring_batch_size
+        )
+        log_probs = dict(zip(names, scored, strict=True)) if names else {}
         if needs_base:
             shared[BASE_ADAPTER] = log_probs.pop(BASE_ADAPTER)
         return {**{name: values[alive] for name, values in shared.items()}, **log_probs}
-
-    def _sequence_log_probs(
-        self,
-        names: list[str],
-        samples: torch.Tensor,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        completion_ids: torch.Tensor,
-        completion_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Sequence log-likelihoods `(len(names), len(samples))` of the candidates `samples` under each adapter."""
-        num_samples = len(samples)
-        # Row r scores sample r % n under adapter r // n, in chunks of one adapter each, run as a plain forward with
-        # that adapter active (PEFT's mixed-adapter batches do not support every layer type, e.g. fused MoE experts).
-        rows = torch.arange(num_samples * len(names), device=samples.device)
-        sequence_log_probs = torch.empty(len(rows), device=samples.device)
-        chunks = [chunk for per_name in rows.split(num_samples) for chunk in per_name.split(self.scoring_batch_size)]
-        for chunk in chunks:
-            chunk_samples = samples[chunk % num_samples]
-            chunk_prompt_mask, chunk_completion_mask = prompt_mask[chunk_samples], completion_mask[chunk_samples]
-            # Drop the columns that are padding in every row of the chunk: left of the prompts, right of completions.
-            used_completion = chunk_completion_mask.any(dim=0).long()
-            prompt_start = int(chunk_prompt_mask.any(dim=0).long().argmax())
-            completion_end = len(used_completion) - int(used_completion.flip(0).argmax())
-            name = names[int(chunk[0]) // num_samples]
-            with self._only_adapter(name) as model:
-                token_log_probs = completion_log_probs(
-                    model,
-                    prompt_ids[chunk_samples, prompt_start:],
-                    chunk_prompt_mask[:, prompt_start:],
-                    completion_ids[chunk_samples, :completion_end],
-                    chunk_completion_mask[:, :completion_end],
-                    self.temperature,
-                )
-            sequence_log_probs[chunk] = token_log_probs.sum(dim=1).float()
-        return sequence_log_probs.view(len(names), num_samples)
-
-    @contextmanager
-    def _only_adapter(self, name: str):
-        """
-        Yield the module that scores `name`: a separate negative model as it is, or the model under the adapter `name`
-        alone (`BASE_ADAPTER`: none), after which the active adapter and which parameters require gradients, both of
-        which `set_adapter` changes, are restored. `p_theta` without adapters needs no switch.
-        """
-        if name in self.negative_models:
-            yield self.negative_models[name]
-        elif not isinstance(self.model, PeftModel) or name == self.model.active_adapter:
-            yield self.model
-        elif name == BASE_ADAPTER:
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            previous = self.model.active_adapter
-            requires_grad = [(parameter, parameter.requires_grad) for parameter in self.model.parameters()]
-            self.model.set_adapter(name)
-            try:
-                yield self.model
-            finally:
-                self.model.set_adapter(previous)
-                for parameter, flag in requires_grad:
-                    parameter.requires_grad_(flag)
-
-    def region_kappa(self, region: RejectionRegion) -> float:
-        """The exponent of `region`'s negative model in its score: its own (a relaxed region's), else `kappa`."""
-        return self.kappa if region.kappa is None else region.kappa
 
     def rejects(self, log_ratios: torch.Tensor) -> torch.Tensor:
         """
@@ -380,7 +263,7 @@ class BanelPosterior:
         was_training = self.model.training
         self.model.eval()
         try:
-            with self._only_adapter(self.proposal_adapter):
+            with only_adapter(self.model, self.negative_models, self.proposal_adapter):
                 if self.proposal_sampler is not None:
                     completion_ids = self.proposal_sampler(self.proposal_adapter, input_ids, attention_mask)
                 else:
@@ -443,87 +326,42 @@ class BanelPosterior:
         attention_mask = attention_mask.repeat_interleave(copies, dim=0)
         max_attempts = max_sampling_attempts or self.max_sampling_attempts
         batch_limit = max(self.scoring_batch_size, input_ids.size(0))
-
         completions: dict[int, torch.Tensor] = {}
-        proposed = accepted = 0
-        progress = tqdm(total=input_ids.size(0), desc="Posterior samples", leave=False, disable=self.disable_tqdm)
-        while len(completions) < input_ids.size(0):
-            pending = torch.tensor([i for i in range(input_ids.size(0)) if i not in completions])
-            if proposed >= max_attempts * input_ids.size(0) or acceptance_too_low(accepted, proposed, max_attempts):
-                progress.close()
-                raise PosteriorAcceptanceError(
-                    f"The posterior accepted {accepted} of {proposed} candidates (acceptance rate "
-                    f"{accepted / proposed:.2e}, below 1 in `max_sampling_attempts`={max_attempts} or out of its "
-                    f"{max_attempts} attempts per sample) and {len(pending)} requested samples are still missing. "
-                    f"Its {len(self.active_regions)} regions reject almost all of the proposal: raise "
-                    "`max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
-                )
+
+        def draw(stats) -> tuple[int, int, int]:
             # Oversample each pending row by the inverse of the acceptance seen so far, within the batch limit.
-            acceptance = (accepted + 1) / (proposed + 1)
-            per_row = max(1, min(math.ceil(1 / acceptance), batch_limit // len(pending)))
-            rows = pending.repeat_interleave(per_row)
+            pending = torch.tensor([i for i in range(input_ids.size(0)) if i not in completions])
+            acceptance = (stats.accepted + 1) / (stats.proposed + 1)
+            rows = pending.repeat_interleave(max(1, min(math.ceil(1 / acceptance), batch_limit // len(pending))))
             proposal = self.propose(input_ids[rows], attention_mask[rows], config)
-            proposed += len(rows)
-            accepted += int(proposal.accepted.sum())
+            filled = len(completions)
             for j in proposal.accepted.nonzero().flatten().tolist():
-                row = int(rows[j])
-                if row not in completions:
-                    length = int(proposal.completion_mask[j].sum())
-                    completions[row] = proposal.completion_ids[j, :length]
-                    progress.update()
-            progress.set_postfix(acceptance=f"{accepted / proposed:.2e}", refresh=False)
-        progress.close()
+                completions.setdefault(
+                    int(rows[j]), proposal.completion_ids[j, : int(proposal.completion_mask[j].sum())]
+                )
+            return len(rows), int(proposal.accepted.sum()), len(completions) - filled
+
+        stats = sample_until(input_ids.size(0), max_attempts, draw, "Posterior samples", self.disable_tqdm)
+        if stats.kept < input_ids.size(0):
+            raise PosteriorAcceptanceError(
+                f"The posterior accepted {stats.accepted} of {stats.proposed} candidates (acceptance rate "
+                f"{stats.acceptance:.2e}, below 1 in `max_sampling_attempts`={max_attempts} or out of its "
+                f"{max_attempts} attempts per sample) and {input_ids.size(0) - stats.kept} requested samples are "
+                f"still missing. Its {len(self.active_regions)} regions reject almost all of the proposal: raise "
+                "`max_sampling_attempts`, or use fewer or smaller regions (e.g. a lower `target_rejection_rate`)."
+            )
         pad_token_id = config.pad_token_id if config.pad_token_id is not None else 0
         ordered = [completions[i] for i in range(input_ids.size(0))]
         return torch.cat([input_ids, pad(ordered, padding_value=pad_token_id).to(input_ids.device)], dim=1)
 
     def save_pretrained(self, save_directory: str, ledger: dict | None = None) -> None:
         """
-        Save every region's adapter (one sub-folder each) and `banel_posterior.json` (thresholds and settings). The
-        JSON is written last and atomically, so a folder only ever lists regions whose adapters are complete.
-
-        Args:
-            save_directory (`str`):
-                The folder to save to.
-            ledger (`dict`, *optional*):
-                The ledger the regions were fit on, as [`~RewardLedger.fingerprint`] gives it (its number of lines and
-                their sha256), recorded in the JSON: a run resumed from the folder checks that its ledger starts with
-                those lines.
+        Save every region's adapter or separate model (one sub-folder each) and `banel_posterior.json` (thresholds
+        and settings), crash-safe (see [`save_posterior`]). `ledger` is the ledger the regions were fit on, as
+        [`~RewardLedger.fingerprint`] gives it: a run resumed from the folder checks that its ledger starts with it.
         """
-        os.makedirs(save_directory, exist_ok=True)
-        models = [name for region in self.regions for name in region.model_names]
-        if self.adapter_names or models:
-            # Every save rewrites every region's adapter. Write them aside and move them into place file by file, so
-            # that a crash mid-save leaves each file of a listed region whole (the old or the new copy, the same).
-            staging = os.path.join(save_directory, ".banel_saving")
-            shutil.rmtree(staging, ignore_errors=True)
-            if self.adapter_names:
-                self.model.save_pretrained(staging, selected_adapters=self.adapter_names)
-            for name in models:
-                self.negative_models[name].save_pretrained(os.path.join(staging, name))
-            for folder, _, files in os.walk(staging):
-                target = os.path.join(save_directory, os.path.relpath(folder, staging))
-                os.makedirs(target, exist_ok=True)
-                for name in files:
-                    with open(os.path.join(folder, name), "rb") as file:
-                        os.fsync(file.fileno())
-                    os.replace(os.path.join(folder, name), os.path.join(target, name))
-            shutil.rmtree(staging)
-        config = {
-            "regions": [asdict(region) for region in self.regions],
-            **{name: getattr(self, name) for name in SAMPLER_SETTINGS},
-            "generation_config": self.generation_config.to_diff_dict(),
-            "base_model_name_or_path": (
-                self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-            ).config._name_or_path,
-            **({} if ledger is None else {"ledger": ledger}),
-        }
-        temporary = os.path.join(save_directory, POSTERIOR_CONFIG_NAME + ".tmp")
-        with open(temporary, "w") as file:
-            json.dump(config, file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, os.path.join(save_directory, POSTERIOR_CONFIG_NAME))
+        settings = {name: getattr(self, name) for name in SAVED_SETTINGS}
+        save_posterior(self, save_directory, settings, ledger)
 
     @classmethod
     def from_pretrained(
@@ -533,35 +371,5 @@ class BanelPosterior:
         Load a posterior saved by [`~BanelPosterior.save_pretrained`] onto `model`, the proposal `p_theta` (a
         model, a model id or path; defaults to the base model recorded in the folder). `kwargs` go to the constructor.
         """
-        config = read_posterior_config(pretrained_path)
-        if model is None or isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model or config["base_model_name_or_path"])
-        regions = read_regions(pretrained_path)
-        for name in saved_adapter_names(regions, config.get("proposal_adapter", BASE_ADAPTER)):
-            adapter_path = os.path.join(pretrained_path, name)
-            try:
-                if not os.path.isdir(adapter_path):
-                    raise FileNotFoundError("the folder is missing")
-                if isinstance(model, PeftModel):
-                    model.load_adapter(adapter_path, adapter_name=name)
-                else:
-                    model = PeftModel.from_pretrained(model, adapter_path, adapter_name=name)
-            except Exception as error:
-                raise ValueError(
-                    f"{adapter_path}, an adapter listed in {os.path.join(pretrained_path, POSTERIOR_CONFIG_NAME)}, "
-                    f"cannot be loaded ({type(error).__name__}: {error}). Restore it from a backup, or save the "
-                    "posterior again."
-                ) from None
-        negative_models = {
-            name: load_negative_model(pretrained_path, name).to(model.device).eval()
-            for region in regions
-            for name in region.model_names
-        }
-        if not isinstance(model, PeftModel) and not negative_models:
-            raise ValueError(f"{pretrained_path} holds no region: there is no adapter to load.")
-        model.eval()
-        # Folders saved before a setting was recorded fall back to the constructor's default for it.
-        settings = {name: config[name] for name in SAMPLER_SETTINGS if name in config}
-        if "generation_config" in config:
-            settings["generation_config"] = GenerationConfig.from_dict(config["generation_config"])
+        model, regions, negative_models, settings = load_posterior(pretrained_path, model)
         return cls(model, regions, negative_models=negative_models, **{**settings, **kwargs})

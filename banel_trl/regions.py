@@ -1,16 +1,18 @@
-"""Rejection regions and their saved form: the region, and reading a saved posterior's regions and adapters."""
+"""Rejection regions and their saved form: the region, and saving and reading a posterior's regions and adapters."""
 
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 
 import torch
-from peft import load_peft_weights
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from peft import PeftModel, load_peft_weights
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
 
 POSTERIOR_CONFIG_NAME = "banel_posterior.json"
 BASE_ADAPTER = "__base__"  # the name of p_theta, no adapter (PEFT's own name for it)
+NOT_SETTINGS = ("regions", "generation_config", "base_model_name_or_path", "ledger")  # the rest of the saved JSON
 
 
 @dataclass
@@ -22,10 +24,9 @@ class RejectionRegion:
     name separate models instead (see `BanelConfig.negative_model`), saved whole in the posterior's folder. `proposal`
     is the model whose samples the region was fit on: `p_theta`, or a distilled proposal (see
     `BanelConfig.distill_posterior`).
-    `kappa`, when set, replaces the posterior's exponent of `p_phi_k` in this region's score. The paid samples of
-    the next rounds review a region (see `BanelConfig.retraction_p_value`): `reviewed_round` is the round whose samples
-    last changed it, by relaxing it (a shallower cut, see `BanelConfig.relaxed_rejection_rate`) or by retracting it
-    (a `retracted` region rejects nothing).
+    `kappa`, when set, weighs `log p_phi_k` in this region's score (a relaxed region's; 1 otherwise). The paid samples
+    of the next rounds review a region (see [`RegionPolicy`]): `reviewed_round` is the round whose samples last
+    changed it, by relaxing it (a shallower cut) or by retracting it (a `retracted` region rejects nothing).
     """
 
     adapter_name: str
@@ -37,10 +38,6 @@ class RejectionRegion:
     kappa: float | None = None
     reviewed_round: int | None = None
     separate: bool = False
-
-    def __post_init__(self):
-        if self.retracted and self.reviewed_round is None:
-            self.reviewed_round = self.round + 1  # saved before `reviewed_round` was: retraction was its next round's
 
     @property
     def last_round(self) -> int:
@@ -164,3 +161,84 @@ def read_proposal_weights(path: str) -> tuple[str, dict[str, torch.Tensor]] | No
     if name == BASE_ADAPTER:
         return None
     return name, _read_adapter_weights(path, name, "the proposal adapter")
+
+
+def save_posterior(posterior, save_directory: str, settings: dict, ledger: dict | None = None) -> None:
+    """
+    Save `posterior` ([`BanelPosterior`]): every region's adapter or separate model (one sub-folder each), then
+    `banel_posterior.json` (its regions, `settings`, generation config, base model and the `ledger` fingerprint the
+    regions were fit on). The JSON is written last and atomically, so a folder only ever lists regions whose adapters
+    are complete.
+    """
+    os.makedirs(save_directory, exist_ok=True)
+    adapters = posterior.adapter_names
+    models = [name for region in posterior.regions for name in region.model_names]
+    if adapters or models:
+        # Every save rewrites every region's adapter. Write them aside and move them into place file by file, so that
+        # a crash mid-save leaves each file of a listed region whole (the old or the new copy, the same).
+        staging = os.path.join(save_directory, ".banel_saving")
+        shutil.rmtree(staging, ignore_errors=True)
+        if adapters:
+            posterior.model.save_pretrained(staging, selected_adapters=adapters)
+        for name in models:
+            posterior.negative_models[name].save_pretrained(os.path.join(staging, name))
+        for folder, _, files in os.walk(staging):
+            target = os.path.join(save_directory, os.path.relpath(folder, staging))
+            os.makedirs(target, exist_ok=True)
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as file:
+                    os.fsync(file.fileno())
+                os.replace(os.path.join(folder, name), os.path.join(target, name))
+        shutil.rmtree(staging)
+    model = posterior.model
+    config = {
+        "regions": [asdict(region) for region in posterior.regions],
+        **settings,
+        "generation_config": posterior.generation_config.to_diff_dict(),
+        "base_model_name_or_path": (
+            model.get_base_model() if isinstance(model, PeftModel) else model
+        ).config._name_or_path,
+        **({} if ledger is None else {"ledger": ledger}),
+    }
+    temporary = os.path.join(save_directory, POSTERIOR_CONFIG_NAME + ".tmp")
+    with open(temporary, "w") as file:
+        json.dump(config, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, os.path.join(save_directory, POSTERIOR_CONFIG_NAME))
+
+
+def load_posterior(path: str, model: PreTrainedModel | PeftModel | str | None = None) -> tuple:
+    """
+    What [`save_posterior`] wrote in `path`, on `model` (`p_theta`: a model, id or path; defaults to the recorded base
+    model): `(model with the regions' adapters, regions, separate models by name, settings)`.
+    """
+    config = read_posterior_config(path)
+    if model is None or isinstance(model, str):
+        model = AutoModelForCausalLM.from_pretrained(model or config["base_model_name_or_path"])
+    regions = config_regions(config, path)
+    for name in saved_adapter_names(regions, config.get("proposal_adapter", BASE_ADAPTER)):
+        adapter_path = os.path.join(path, name)
+        try:
+            if not os.path.isdir(adapter_path):
+                raise FileNotFoundError("the folder is missing")
+            if isinstance(model, PeftModel):
+                model.load_adapter(adapter_path, adapter_name=name)
+            else:
+                model = PeftModel.from_pretrained(model, adapter_path, adapter_name=name)
+        except Exception as error:
+            raise ValueError(
+                f"{adapter_path}, an adapter listed in {os.path.join(path, POSTERIOR_CONFIG_NAME)}, cannot be loaded "
+                f"({type(error).__name__}: {error}). Restore it from a backup, or save the posterior again."
+            ) from None
+    negative_models = {
+        name: load_negative_model(path, name).to(model.device).eval()
+        for region in regions
+        for name in region.model_names
+    }
+    if not isinstance(model, PeftModel) and not negative_models:
+        raise ValueError(f"{path} holds no region: there is no adapter to load.")
+    model.eval()
+    settings = {name: value for name, value in config.items() if name not in NOT_SETTINGS}
+    settings["generation_config"] = GenerationConfig.from_dict(config["generation_config"])
+    return model, regions, negative_models, settings

@@ -5,12 +5,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from datasets import Dataset
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils.logging import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from .data import pad_prompts, tokenize_prompts
-from .posterior import BanelPosterior, Proposal, acceptance_too_low
+from .distributed import gather_to_all, rank_share
+from .posterior import BanelPosterior, Proposal
+from .rejection import sample_until
+
+
+# Every draw of a run comes from a seed stream of its own, offsets of `args.seed + k` for round k: a resumed run draws
+# what the uninterrupted run did, and each process samples from its own (process 0 from the single-process one).
+RANK_SEED_OFFSET = 3_000_017  # process r samples from the stream's seed + r * this
+REFERENCE_SEED_OFFSET = 1_000_003  # the unevaluated posterior samples a round's reference is fit on
+DISTILLATION_SEED_OFFSET = 2_000_003  # the samples a round's posterior is distilled from
+EVALUATION_SEED_OFFSET = 4_000_037  # `evaluate`'s samples
 
 
 def generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args) -> GenerationConfig:
@@ -83,6 +93,12 @@ class CandidateSampler:
             order, from the first prompt, cycling.
         pad_to_multiple_of (`int`, *optional*):
             Left-pad each batch of prompts to a multiple of this many tokens.
+        dataset ([`~datasets.Dataset`], *optional*):
+            The prompts [`~CandidateSampler.reseed`] restarts from.
+        accelerator ([`~accelerate.Accelerator`], *optional*):
+            The processes that sample; one when `None`.
+        full_determinism (`bool`, *optional*, defaults to `False`):
+            Seed with `transformers.enable_full_determinism` (`TrainingArguments.full_determinism`).
     """
 
     def __init__(
@@ -95,6 +111,9 @@ class CandidateSampler:
         chat_template_kwargs: dict | None = None,
         shuffle_dataset: bool = True,
         pad_to_multiple_of: int | None = None,
+        dataset: Dataset | None = None,
+        accelerator: Accelerator | None = None,
+        full_determinism: bool = False,
     ):
         self.posterior = posterior
         self.tokenizer = tokenizer
@@ -104,6 +123,9 @@ class CandidateSampler:
         self.chat_template_kwargs = chat_template_kwargs
         self.shuffle_dataset = shuffle_dataset
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.dataset = dataset
+        self.accelerator = accelerator
+        self.full_determinism = full_determinism
         self._prompt_ids: dict[str, list[int]] = {}
         self._prompts: Iterator[dict] | None = None
 
@@ -147,6 +169,15 @@ class CandidateSampler:
         """Draw prompts from `dataset` from now on, in the order `seed` gives (its own with `shuffle_dataset=False`)."""
         self._prompts = prompt_stream(dataset, seed, self.shuffle_dataset)
 
+    def reseed(self, seed: int, own_stream: bool = False) -> None:
+        """
+        Seed torch and the prompt stream from `seed` alone, so that a resumed run draws what the uninterrupted run
+        would have. With `own_stream`, each process samples from its own seed (the main process's is `seed`).
+        """
+        rank = self.accelerator.process_index if own_stream and self.accelerator is not None else 0
+        set_seed(seed + RANK_SEED_OFFSET * rank, deterministic=self.full_determinism)
+        self.restart(self.dataset, seed)
+
     def propose_batch(self) -> tuple[list[dict], Proposal]:
         """Draw `generation_batch_size` candidates: `num_generations` per prompt, scored against every region."""
         examples = [next(self._prompts) for _ in range(self.generation_batch_size // self.num_generations)]
@@ -172,23 +203,35 @@ class CandidateSampler:
     ) -> list[tuple[Any, list[int]]]:
         """
         Up to `num_samples` accepted candidates `(prompt, completion_ids)` in the order drawn; `exclude(prompt,
-        completion)` leaves a candidate out. Gives up after `max_sampling_attempts` proposals per requested sample, or
-        once the acceptance rate is below 1 in `max_sampling_attempts` with 95% confidence ([`acceptance_too_low`]).
+        completion)` leaves a candidate out. Draws within the bounds of [`sample_until`].
         """
-        samples, proposed = [], 0
-        progress = tqdm(total=num_samples, desc="Posterior samples", leave=False, disable=disable_tqdm)
-        while len(samples) < num_samples and proposed < max_sampling_attempts * num_samples:
-            if acceptance_too_low(len(samples), proposed, max_sampling_attempts):
-                break
+        samples = []
+
+        def draw(stats) -> tuple[int, int, int]:
             examples, proposal = self.propose_batch()
-            proposed += len(examples)
-            for example, completion_ids, completion in self.accepted(examples, proposal):
-                if exclude is None or not exclude(example["prompt"], completion):
-                    samples.append((example["prompt"], completion_ids))
-            progress.update(min(len(samples), num_samples) - progress.n)
-            progress.set_postfix(acceptance=f"{len(samples) / proposed:.2e}", refresh=False)
-        progress.close()
+            accepted = self.accepted(examples, proposal)
+            kept = [
+                (e["prompt"], ids) for e, ids, text in accepted if exclude is None or not exclude(e["prompt"], text)
+            ]
+            samples.extend(kept)
+            return len(examples), len(accepted), len(kept)
+
+        sample_until(num_samples, max_sampling_attempts, draw, "Posterior samples", disable_tqdm)
         return samples[:num_samples]
+
+    def posterior_samples(
+        self, seed: int, num_samples: int, max_sampling_attempts: int, exclude=None, disable_tqdm: bool = False
+    ) -> list[dict]:
+        """
+        Up to `num_samples` unevaluated samples of the posterior from the stream `seed`, as fit examples: each process
+        draws its share from its own stream, and every process gets them all, in rank order.
+        """
+        self.reseed(seed, own_stream=True)
+        share = rank_share(self.accelerator, num_samples)
+        main = self.accelerator is None or self.accelerator.is_local_main_process
+        samples = self.sample_accepted(share, max_sampling_attempts, exclude, disable_tqdm or not main)
+        samples = gather_to_all(self.accelerator, samples)[:num_samples]
+        return [{"prompt_ids": self.prompt_ids(prompt), "completion_ids": ids} for prompt, ids in samples]
 
     def generate(self, examples: list[dict]) -> list[list[int]]:
         """One accepted completion of the posterior per example, as token ids (exact rejection sampling)."""

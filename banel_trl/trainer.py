@@ -16,27 +16,22 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl.data_utils import is_conversational
 
-from .callbacks import BanelCallback, RunCallbackHandler
-from .collect import (
-    RoundCollector,
-    log_round_completions,
-    negative_examples,
-    region_has_evidence,
-    review_newest_region,
-    round_fell_short,
-    round_metrics,
-)
+from .callbacks import BanelCallback, is_per_fit
+from .collect import RoundCollector
 from .config import BanelConfig
-from .data import NegativesCollator, prompt_dataset
+from .data import prompt_dataset
+from .distillation import DistilledProposal
 from .distributed import on_main_process
 from .evaluation import success_metrics
-from .fits import EVALUATION_SEED_OFFSET, AdapterFits
+from .fitting import ModelFitter
 from .hub import PAPER, TAGS, write_model_card
 from .ledger import RewardLedger
 from .manifest import FORCE, open_run_folder, run_manifest
+from .metrics import log_round_completions, round_metrics
 from .models import (
     check_negative_model,
     default_peft_config,
@@ -47,17 +42,23 @@ from .models import (
     save_adapter_as_model,
 )
 from .posterior import BanelPosterior
+from .region_policy import RegionPolicy
 from .regions import BASE_ADAPTER, RejectionRegion
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
-from .sampling import CandidateSampler, generation_config
-from .scoring import completion_log_probs
+from .sampling import (
+    DISTILLATION_SEED_OFFSET,
+    EVALUATION_SEED_OFFSET,
+    REFERENCE_SEED_OFFSET,
+    CandidateSampler,
+    generation_config,
+)
 from .vllm_generation import VLLMSampler
 
 
 logger = logging.getLogger(__name__)
 
 
-class BanelTrainer(AdapterFits, Trainer):
+class BanelTrainer(Trainer):
     r"""
     Trainer for BaNEL (Bayesian Negative Evidence Learning), from [BaNEL: Exploration Posteriors for Generative
     Modeling Using Only Negative Rewards](https://huggingface.co/papers/2510.09596).
@@ -131,7 +132,6 @@ class BanelTrainer(AdapterFits, Trainer):
             they are refused when given.
     """
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean: let the Trainer scale it
     _tag_names = TAGS
     _name = "BaNEL"
     _paper = PAPER
@@ -182,18 +182,22 @@ class BanelTrainer(AdapterFits, Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=NegativesCollator(processing_class.pad_token_id, args.pad_to_multiple_of),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        # One run, one step axis: `Trainer.train` runs once per negative fit, under the run's callback events.
-        self.callback_handler = RunCallbackHandler.of(self.callback_handler, args.max_steps)
+        # The step flow and progress bar of one `Trainer.train` call belong to each fit's own Trainer (`ModelFitter`).
+        for callback in [callback for callback in self.callback_handler.callbacks if is_per_fit(callback)]:
+            if not isinstance(callback, PrinterCallback):  # prints the rounds' logs when tqdm is off
+                self.remove_callback(callback)
         self._set_up_sampling(train_dataset, eval_dataset)
         self.ledger = RewardLedger.replica([])  # empty until `train()` opens the run's
-        self._fit_examples: list[dict] = []  # what the adapter being fit learns from
-        self._round = 0
+        self.fitter = ModelFitter(
+            self.model, args, self.peft_config, processing_class, self.state, self.callback_handler
+        )
+        self.region_policy = RegionPolicy(args, self.fitter, self.posterior, self.sampler, self.accelerator)
+        self.proposal = DistilledProposal(self.fitter, self.posterior)
 
     def _set_up_sampling(self, train_dataset: Dataset, eval_dataset: Dataset | None) -> None:
         """
@@ -209,16 +213,13 @@ class BanelTrainer(AdapterFits, Trainer):
         self.posterior = BanelPosterior(
             self.model,
             temperature=args.temperature,
-            kappa=args.kappa,
-            length_normalize=args.length_normalize,
-            scoring_batch_size=args.scoring_batch_size,
+            scoring_batch_size=args.per_device_eval_batch_size,
             max_sampling_attempts=args.max_sampling_attempts,
             generation_config=self.generation_config,
             disable_tqdm=args.disable_tqdm,
-            keep_distilled_regions=args.keep_distilled_regions,
             proposal_sampler=vllm_sampler,
         )
-        # Each round restarts its prompt stream from the round's seed: see `_seed_stream`.
+        # Each round restarts its prompt stream from the round's seed (`CandidateSampler.reseed`).
         self.sampler = CandidateSampler(
             self.posterior,
             processing_class,
@@ -228,6 +229,9 @@ class BanelTrainer(AdapterFits, Trainer):
             args.chat_template_kwargs,
             shuffle_dataset=args.shuffle_dataset,
             pad_to_multiple_of=args.pad_to_multiple_of,
+            dataset=train_dataset,
+            accelerator=self.accelerator,
+            full_determinism=args.full_determinism,
         )
         self.rewards = RewardEvaluator(
             self.reward_funcs,
@@ -274,7 +278,6 @@ class BanelTrainer(AdapterFits, Trainer):
             self.ledger = RewardLedger.replica(lines)
         self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
         self.state.global_step = max((entry.get("step", 0) for entry in self.state.log_history), default=0)
-        self.callback_handler.steps_before_fit = self.state.global_step  # and the run's step axis goes on from there
         if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
             self._save_posterior()  # this process's save failed before: save again what it fit
         # A new process: the saved regions' adapters, and the proposal distilled after the last saved round.
@@ -303,41 +306,75 @@ class BanelTrainer(AdapterFits, Trainer):
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         try:
             self._open_ledger(force=resume_from_checkpoint == FORCE)
-            # A round that added no region (`reference_min_successes`) is read back from the ledger; one that changed
-            # a region (`retraction_p_value`) saved the change.
-            first_round = max((region.last_round for region in self.posterior.regions), default=-1) + 1
-            for k in range(first_round, args.num_rounds):
-                if self.num_reward_evaluations >= args.max_reward_evaluations and not self.ledger.samples_of_round(k):
-                    break  # the budget is spent and every round that sampled is done
-                if 0 < args.max_steps <= self.state.global_step:
-                    logger.warning(f"Ending the run before round {k}: its fits took all {args.max_steps} `max_steps`.")
-                    break
-                self._round = k
+            for k in self._rounds_to_run():
                 stats = self._collect_round(k)  # 1-2: sample the posterior, pay for accepted never-seen candidates
-                negatives = negative_examples(self.ledger, self.sampler, k, args.negative_samples)  # 3: failures only
-                if len(negatives) < 2:
-                    self._log_round(k, stats, None, None, len(negatives))
-                    logger.warning(f"Round {k}: {len(negatives)} failures to learn from; ending the run.")
+                evidence = self.region_policy.evidence(self.ledger, k)  # 3: its failures, split once (fit, held out)
+                num_failures = len(evidence.fit) + len(evidence.held_out)
+                if num_failures < 2:
+                    self._end_round(k, stats, num_failures)
+                    logger.warning(f"Round {k}: {num_failures} failures to learn from; ending the run.")
                     break
-                region, fit_loss = None, None
-                # The paid evidence keeps, relaxes or retracts the newest region; a round that changes it adds none.
-                changed = review_newest_region(self.ledger, self.posterior.regions, k, args, self._relax_region)
-                if not changed and region_has_evidence(self.ledger, k, args):
-                    region, fit_loss = self._fit_region(k, negatives)  # 3-4: fit p_phi_k, set its threshold
+                region, loss = None, None
+                changed = self.region_policy.review(self.ledger, k)  # the paid evidence keeps, relaxes or retracts
+                if not changed and self.region_policy.has_evidence(self.ledger, k):
+                    reference_samples = self._posterior_samples(k, REFERENCE_SEED_OFFSET, len(evidence.fit))
+                    region, loss = self.region_policy.fit(self.ledger, k, reference_samples)  # 3-4: p_phi_k, tau_k
                     self.posterior.add_region(region)
-                    fit_losses.append(fit_loss)
-                    if args.distill_posterior:
-                        self._distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
-                if (changed or region is not None) and args.should_save:
-                    self._save_posterior()
-                self._log_round(k, stats, region, fit_loss, len(negatives))
-                if not changed and round_fell_short(
-                    k, stats, self.num_reward_evaluations, args.max_reward_evaluations
-                ):
+                    fit_losses.append(loss)
+                    if args.distill_posterior:  # Algorithm 2: the next proposal, fit on samples of this posterior
+                        samples = self._posterior_samples(k, DISTILLATION_SEED_OFFSET, args.distillation_samples)
+                        self.proposal.distil(k, samples, args.seed + k + DISTILLATION_SEED_OFFSET)
+                self._end_round(k, stats, num_failures, region, loss, save=changed or region is not None)
+                if not changed and self._fell_short(k, stats):
                     break  # the posterior accepts too little to go on (a change raised its acceptance again)
         finally:
             self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
         return self._end_run(fit_losses, start_time)
+
+    def _rounds_to_run(self):
+        """The rounds after the last one the run folder holds, until the budget or the run's `max_steps` is spent."""
+        # A round that added no region is read back from the ledger; one that changed a region saved the change.
+        first_round = max((region.last_round for region in self.posterior.regions), default=-1) + 1
+        for k in range(first_round, self.args.num_rounds):
+            if self.num_reward_evaluations >= self.args.max_reward_evaluations and not self.ledger.samples_of_round(k):
+                return  # the budget is spent and every round that sampled is done
+            if 0 < self.args.max_steps <= self.state.global_step:
+                logger.warning(
+                    f"Ending the run before round {k}: its fits took all {self.args.max_steps} `max_steps`."
+                )
+                return
+            yield k
+
+    def _posterior_samples(self, k: int, stream: int, num_samples: int) -> list[dict]:
+        """
+        The one draw of round `k`'s unevaluated posterior samples (no NRE), from their own seed `stream`: the
+        reference's (from round 1 on, in the exact loop: the posterior the failures came from, known successes left
+        out, so none is trained on) or the distillation's (the posterior with region `k`).
+        """
+        args = self.args
+        if stream == REFERENCE_SEED_OFFSET and not self.region_policy.needs_reference(k):
+            return []  # the failures' reference is the proposal that drew them
+        exclude = self.ledger.is_known_success if stream == REFERENCE_SEED_OFFSET else None
+        seed = args.seed + k + stream
+        samples = self.sampler.posterior_samples(
+            seed, num_samples, args.max_sampling_attempts, exclude, args.disable_tqdm
+        )
+        if stream == REFERENCE_SEED_OFFSET and len(samples) < num_samples:
+            outcome = "the reference model is fit on those" if samples else f"region {k} is compared with p_theta"
+            logger.warning(f"Round {k}: {len(samples)} of {num_samples} reference samples were accepted; {outcome}.")
+        return samples
+
+    def _fell_short(self, k: int, stats: dict) -> bool:
+        """Whether round `k` could not spend its budget (`stats` from [`RoundCollector.collect`]), warning if so."""
+        if stats["evaluated"] >= stats["budget"]:
+            return False
+        logger.warning(
+            f"Ending the run after round {k}, which could not spend its budget: a further region would only lower the "
+            f"acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). {self.num_reward_evaluations} "
+            f"of {self.args.max_reward_evaluations} evaluations are spent; to go on, call `train()` again with a "
+            "higher `max_sampling_attempts`."
+        )
+        return True
 
     def _end_run(self, fit_losses: list[float], start_time: float) -> TrainOutput:
         """Log the run's summary, as `Trainer.train` ends with, and call `on_train_end` once for the whole run."""
@@ -352,7 +389,7 @@ class BanelTrainer(AdapterFits, Trainer):
     def _collect_round(self, k: int) -> dict:
         """Steps 1-2 of round `k`: every process proposes, the main one pays and sends the others its ledger lines."""
         num_lines = len(self.ledger.lines)
-        self._seed_stream(self.args.seed + k, own_stream=True)
+        self.sampler.reseed(self.args.seed + k, own_stream=True)
         collector = RoundCollector(self.sampler, self.ledger, self.rewards, self.args, self.accelerator)
         stats = collector.collect(k, self.state)
         lines = on_main_process(self.accelerator, lambda: self.ledger.lines[num_lines:])
@@ -360,40 +397,24 @@ class BanelTrainer(AdapterFits, Trainer):
             self.ledger.extend(lines)
         return stats
 
-    # ------------------------------------------------------------------ Trainer hooks
+    # ------------------------------------------------------------------ logging, evaluation, saving
 
-    def get_train_dataloader(self):
-        """What `Trainer.train` fits the active adapter on: a round's negatives, or samples of a posterior."""
-        return self._get_dataloader(
-            dataset=self._fit_examples,
-            description="Negatives",
-            batch_size=self._train_batch_size,
-            sampler_fn=self._get_train_sampler,
-            is_training=True,
-        )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Negative log-likelihood per completion token of the fit's examples, under the active adapter."""
-        loss = -completion_log_probs(model, **inputs, temperature=self.args.temperature).sum()
-        loss = loss / inputs["completion_mask"].sum().clamp(min=1)
-        return (loss, None) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Each fit is its own Trainer.train() call with steps from 0: offset them, one increasing step axis per run.
-        offset = self.callback_handler.steps_before_fit if self.callback_handler.in_fit else 0
-        self.state.global_step += offset
-        try:
-            super().log({**logs, "round": self._round}, start_time)
-        finally:
-            self.state.global_step -= offset
-
-    def _log_round(
-        self, k: int, stats: dict, region: RejectionRegion | None, fit_loss: float | None, num_negatives: int
+    def _end_round(
+        self,
+        k: int,
+        stats: dict,
+        num_failures: int,
+        region: RejectionRegion | None = None,
+        fit_loss: float | None = None,
+        save: bool = False,
     ) -> None:
+        """Save the posterior the round changed, log the round's figures and tell the callbacks."""
+        if save and self.args.should_save:
+            self._save_posterior()
         # The regions that reject (a retracted one does not), and the figures of the rewards, with what they logged.
         num_regions = sum(not region.retracted for region in self.posterior.regions)
         metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, num_regions, self.rewards)
-        metrics["negatives"] = num_negatives
+        metrics["negatives"] = num_failures
         if region is not None:  # a round that added no region has no fit to report
             metrics.update(negative_loss=fit_loss, threshold=region.threshold)
         self.log(metrics)
@@ -418,7 +439,7 @@ class BanelTrainer(AdapterFits, Trainer):
         if isinstance(dataset, dict):  # as `Trainer.evaluate`: each dataset's metrics under its name
             named = [self.evaluate(data, ignore_keys, f"{metric_key_prefix}_{name}") for name, data in dataset.items()]
             return {key: value for metrics in named for key, value in metrics.items()}
-        self._seed_stream(self.args.seed + EVALUATION_SEED_OFFSET, own_stream=True)  # each process its own samples
+        self.sampler.reseed(self.args.seed + EVALUATION_SEED_OFFSET, own_stream=True)  # each process its own samples
         measure = dict(trainer_state=self.state, num_generations=self.args.num_generations_eval)
         metrics = success_metrics(self.accelerator, self.sampler, self.rewards, dataset, metric_key_prefix, **measure)
         self.log(metrics)
