@@ -26,71 +26,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "banel_run.json"
 FORCE = "force"  # `train(resume_from_checkpoint=FORCE)`: resume although the settings differ from the manifest's
-# The settings that decide what a run samples, pays for and fits: a resume that changes one is not the same run.
-# `max_sampling_attempts`, `num_rounds`, logging and saving may change; the budget may go up.
-# Settings recorded since they were added, with the value every run recorded before then had.
-SETTINGS_RECORDED_LATER = {
-    "shuffle_dataset": True,
-    "disable_dropout": False,
-    "world_size": 1,
-    "retraction_p_value": None,
-    "kappa": 1.0,
-    "relaxed_rejection_rate": None,
-    "relaxed_kappa": 2.0,
-    "negative_model": "lora",
-    "negative_model_config": None,
-}
-RECORDED_SETTINGS = (
-    "seed",
-    "samples_per_round",
-    "num_generations",
-    "generation_batch_size",
-    "max_completion_length",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "generation_kwargs",
-    "chat_template_kwargs",
-    "success_threshold",
-    "reward_weights",
-    "negative_samples",
-    "reference_model",
-    "reference_min_successes",
-    "retraction_p_value",
-    "relaxed_rejection_rate",
-    "relaxed_kappa",
-    "negative_model",
-    "negative_model_config",
-    "warm_start_negative_model",
-    "threshold_type",
-    "target_rejection_rate",
-    "first_region_rejection_rate",
-    "calibration_fraction",
-    "filter_factor",
-    "kappa",
-    "length_normalize",
-    "distill_posterior",
-    "distillation_samples",
-    "distillation_epochs",
-    "distillation_warm_start",
-    "keep_distilled_regions",
-    "shuffle_dataset",
-    "disable_dropout",
-    "world_size",  # each process samples its own stream: another number of processes draws other candidates
-    "num_train_epochs",
-    "max_steps",
-    "learning_rate",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "optim",
-    "lr_scheduler_type",
-    "weight_decay",
-    "warmup_steps",
-    "max_grad_norm",
-    "full_determinism",
-)
+# The settings that decide what a run samples, pays for and fits (`BanelConfig.recorded_settings`) are recorded: a
+# resume that changes one is not the same run. `max_sampling_attempts`, `num_rounds`, logging and saving may change;
+# the budget may go up.
 LORA_SETTINGS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
 # Never overridden by FORCE: a changed share per round renumbers the rounds the ledger records (`num_rounds` follows
 # from it), so paid evaluations of an unfinished round would never be fit.
@@ -142,7 +80,7 @@ def run_manifest(model: torch.nn.Module, tokenizer, reward_names: list[str], arg
     """
     What makes a run the run it is: the proposal `p_theta` (id and weights, see [`weight_fingerprint`]), the tokenizer
     (vocabulary and chat template), the reward functions' names, the budget, the LoRA of the negative models and the
-    settings of `args` that change what is sampled, paid for or fit (`RECORDED_SETTINGS`). JSON, written to
+    settings of `args` that change what is sampled, paid for or fit (`BanelConfig.recorded_settings`). JSON, written to
     `banel_run.json` by the run's first `train()`.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -153,7 +91,7 @@ def run_manifest(model: torch.nn.Module, tokenizer, reward_names: list[str], arg
         "chat_template_sha256": _sha256(getattr(tokenizer, "chat_template", None)),
         "reward_funcs": list(reward_names),
         "max_reward_evaluations": args.max_reward_evaluations,
-        **{name: getattr(args, name, None) for name in RECORDED_SETTINGS},
+        **{name: getattr(args, name) for name in args.recorded_settings()},
         "peft_config": {name: getattr(peft_config, name, None) for name in LORA_SETTINGS},
     }
     return json.loads(json.dumps(manifest, default=_plain, sort_keys=True))
@@ -163,7 +101,7 @@ def manifest_differences(recorded: dict, current: dict) -> list[str]:
     """Every field of `current` that contradicts the `recorded` manifest, as `name: recorded value -> value now`."""
     differences = []
     for name in sorted(recorded.keys() | current.keys()):
-        old, new = recorded.get(name, SETTINGS_RECORDED_LATER.get(name)), current.get(name)
+        old, new = recorded.get(name), current.get(name)
         budget_raised = name == "max_reward_evaluations" and isinstance(old, int) and new >= old
         if old != new and not budget_raised:
             note = " (it may only go up)" if name == "max_reward_evaluations" else ""
@@ -227,7 +165,9 @@ def open_run_folder(output_dir: str, manifest: dict, force: bool = False, load_w
             folder.weights, folder.proposal = read_region_weights(output_dir)[1], read_proposal_weights(output_dir)
         if recorded is None or (force and recorded != manifest):
             _write_json(manifest_path, manifest)
-        first_round = regions[-1].round + 1 if regions else 0
+        # The rounds the resumed run will not log again: up to the last that added or changed a region (see
+        # `BanelTrainer._rounds_to_run`).
+        first_round = max((region.last_round for region in regions), default=-1) + 1
         folder.log_history = [e for e in _log_history(output_dir) if e.get("round", first_round) < first_round]
         return folder
     except BaseException:
