@@ -182,35 +182,45 @@ class RoundCollector:
         return len(repeats)
 
     def _evaluate_and_record(self, k: int, candidates: list[tuple[dict, list[int]]], trainer_state) -> None:
-        """
-        Call the reward functions once on the batch and write every result to the ledger before it counts. The
-        records are built before the call, from copies of the candidates as sampled, so that they hold what was paid
-        for whatever the functions do with their inputs (they get copies too: see [`call_reward_funcs`]).
-        """
-        records = [self._record(k, example, completion_ids) for example, completion_ids in candidates]
-        examples = [example for example, _ in candidates]
-        completion_ids = [ids for _, ids in candidates]
-        try:
-            rows = dict(enumerate(self.rewards(examples, completion_ids, trainer_state)))
-        except RewardFunctionError as error:
-            # The samples whose rewards are all usable were paid for: record them before stopping the run.
-            self.ledger.append([self._paid(records[i], row) for i, row in error.rows.items()])
-            raise
-        self.ledger.append([self._paid(records[i], row) for i, row in rows.items()])
+        pay_and_record(self.ledger, self.rewards, self.sampler.tokenizer, k, candidates, trainer_state)
 
-    def _record(self, k: int, example: dict, completion_ids: list[int]) -> dict:
-        """The ledger record of an evaluation about to be paid, without its rewards."""
-        return {
+
+def pay_and_record(
+    ledger: RewardLedger,
+    rewards: RewardEvaluator,
+    tokenizer,
+    k: int,
+    candidates: list[tuple[dict, list[int]]],
+    trainer_state,
+) -> None:
+    """
+    Call the reward functions once on the batch `candidates` `(example, completion_ids)` and write every result to
+    `ledger` (as round `k`'s) before it counts. The records are built before the call, from copies of the candidates
+    as sampled, so that they hold what was paid for whatever the functions do with their inputs (they get copies too:
+    see [`call_reward_funcs`]).
+    """
+    records = [
+        {
             "round": k,
             "prompt": copy.deepcopy(example["prompt"]),
-            "completion": self.sampler.tokenizer.decode(completion_ids, skip_special_tokens=True),
+            "completion": tokenizer.decode(completion_ids, skip_special_tokens=True),
             "completion_ids": list(completion_ids),
         }
+        for example, completion_ids in candidates
+    ]
 
-    def _paid(self, record: dict, rewards: list[float | None]) -> dict:
-        """`record` with the rewards it was paid for: one per function, their weighted sum and whether it succeeds."""
-        reward = self.rewards.reward(rewards)
-        return {**record, "rewards": rewards, "reward": reward, "success": self.rewards.is_success(reward)}
+    def paid(i: int, row: list[float | None]) -> dict:
+        reward = rewards.reward(row)
+        return {**records[i], "rewards": row, "reward": reward, "success": rewards.is_success(reward)}
+
+    examples, completion_ids = [example for example, _ in candidates], [ids for _, ids in candidates]
+    try:
+        rows = dict(enumerate(rewards(examples, completion_ids, trainer_state)))
+    except RewardFunctionError as error:
+        # The samples whose rewards are all usable were paid for: record them before stopping.
+        ledger.append([paid(i, row) for i, row in error.rows.items()])
+        raise
+    ledger.append([paid(i, row) for i, row in rows.items()])
 
 
 def check_reward_scale(ledger: RewardLedger, k: int, rewards: RewardEvaluator) -> None:
@@ -246,3 +256,16 @@ def check_reward_scale(ledger: RewardLedger, k: int, rewards: RewardEvaluator) -
             f"value below `success_threshold`={threshold}: the highest seen is {max(values)}. A graded reward needs "
             "`success_threshold` set to the score that counts as a success; if that is the current one, ignore this."
         )
+
+
+def round_fell_short(k: int, stats: dict, num_evaluations: int, max_reward_evaluations: int) -> bool:
+    """Whether round `k` could not spend its budget (`stats` from [`RoundCollector.collect`]), warning if so."""
+    if stats["evaluated"] >= stats["budget"]:
+        return False
+    logger.warning(
+        f"Ending the run after round {k}, which could not spend its budget: a further region would only lower the "
+        f"acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). {num_evaluations} of "
+        f"{max_reward_evaluations} evaluations are spent; to go on, call `train()` again with a higher "
+        "`max_sampling_attempts`."
+    )
+    return True

@@ -6,8 +6,10 @@ from typing import Any
 from transformers import TrainingArguments
 
 from .config_checks import (
+    check_distillation_memory,
     check_types,
     check_values,
+    parse_negative_model_config,
     refuse_evaluation,
     refuse_unsupported_grpo_values,
     resolve_generation_batch_size,
@@ -15,6 +17,7 @@ from .config_checks import (
     resolve_rounds,
     warn_about_checkpoints,
 )
+from .generation_arguments import GenerationArguments
 from .vllm_generation import VLLMArguments
 
 
@@ -49,7 +52,7 @@ RECORDED_TRAINING_ARGUMENTS = (
 
 
 @dataclass
-class BanelConfig(VLLMArguments, TrainingArguments):
+class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     r"""
     Configuration class for the [`BanelTrainer`].
 
@@ -82,6 +85,11 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`, and when
             `samples_per_round` is not set either, to 2: one that fits the first region on samples of `p_theta`, one
             that evaluates the posterior it defines.
+        max_eval_reward_evaluations (`int`, *optional*):
+            Hard cap on the reward evaluations of `evaluate()` over the whole run, apart from `max_reward_evaluations`:
+            each is written to `banel_eval_ledger.jsonl` before it counts, and a sample whose reward the run already
+            knows (from training or an earlier evaluation) costs nothing. `None`: `evaluate()` refuses to call the
+            reward functions (for BaNEL's users an evaluation costs what a training evaluation costs).
         success_threshold (`float`, *optional*, defaults to `1.0`):
             A sample succeeds when its weighted reward reaches this value. Successes are recorded and reported, never
             trained on.
@@ -106,34 +114,10 @@ class BanelConfig(VLLMArguments, TrainingArguments):
 
         > Generation (the proposal `p_theta`)
 
-        num_generations (`int`, *optional*, defaults to `8`):
-            Completions sampled per prompt in a generation batch.
-        num_generations_eval (`int`, *optional*):
-            Accepted samples per prompt that `evaluate()` draws and scores. Defaults to `num_generations`.
-        generation_batch_size (`int`, *optional*):
-            Candidates proposed per call to `generate`; must be divisible by `num_generations`. Defaults to
-            `per_device_train_batch_size * world_size * steps_per_generation` when `steps_per_generation` is set (as in
-            GRPO), else to the smallest multiple of `num_generations` that is at least 64.
-        steps_per_generation (`int`, *optional*):
-            GRPO's other way to size the generation batch (see `generation_batch_size`); both cannot be set.
-        shuffle_dataset (`bool`, *optional*, defaults to `True`):
-            Each round takes prompts from the dataset in an order shuffled from its seed (reshuffled every pass).
-            `False`: in the dataset's order, from the first prompt, cycling.
-        max_completion_length (`int`, *optional*, defaults to `256`):
-            Maximum length of a completion, in tokens.
-        temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs, chat_template_kwargs:
-            As in [`~trl.GRPOConfig`]. `temperature` also scales the logits of every likelihood BaNEL computes, so the
-            negative models compare against the proposal actually sampled.
-        cache_implementation (`str`, *optional*):
-            Cache implementation of `generate` (`transformers.GenerationConfig.cache_implementation`), as in GRPO.
-            `"paged"` is refused, as `use_transformers_paged` is.
-        pad_to_multiple_of (`int` or `str`, *optional*):
-            Pad the prompt and completion ids of the generation batches and of the negative fits' batches to a multiple
-            of this, for accelerators that compile once per shape. GRPO's `"auto"`: 128 on Neuron, else no padding.
-        use_transformers_paged, use_transformers_continuous_batching (`bool`, *optional*, defaults to `False`):
-            Refused when `True`: transformers' paged generation (continuous batching) takes unpadded prompts and
-            returns each request's tokens apart, while the posterior proposes with `generate` on a left-padded batch
-            and scores exactly the tokens it sampled.
+        num_generations, num_generations_eval, generation_batch_size, steps_per_generation, shuffle_dataset,
+        max_completion_length, temperature, top_p, top_k, min_p, repetition_penalty, generation_kwargs,
+        chat_template_kwargs, cache_implementation, pad_to_multiple_of:
+            GRPOConfig's sampling arguments, with their meaning there (see [`GenerationArguments`]).
         max_sampling_attempts (`int`, *optional*, defaults to `10000`):
             Bound on rejection sampling: at most this many candidates are proposed per requested sample, in total over
             the samples requested (a round's evaluations, or a call to `generate`). When the posterior accepts less
@@ -262,6 +246,13 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             "samples_per_round is not set either."
         },
     )
+    max_eval_reward_evaluations: int | None = field(
+        default=None,
+        metadata={
+            "help": "Budget of evaluate()'s reward calls over the run, apart from the training budget (its own "
+            "ledger). None: evaluate() refuses to call the reward functions."
+        },
+    )
     success_threshold: float = field(
         default=1.0,
         metadata={"recorded": True, "help": "A sample succeeds when its weighted reward reaches this value."},
@@ -295,103 +286,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
         },
     )
 
-    # Generation
-    num_generations: int = field(
-        default=8,
-        metadata={"recorded": True, "help": "Completions sampled per prompt in a generation batch."},
-    )
-    num_generations_eval: int | None = field(
-        default=None,
-        metadata={
-            "help": "Samples per prompt evaluate() scores (fewer: fewer reward calls). Defaults to num_generations."
-        },
-    )
-    generation_batch_size: int | None = field(
-        default=None,
-        metadata={
-            "recorded": True,
-            "help": "Candidates proposed per call to generate, a multiple of num_generations. Defaults to "
-            "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64.",
-        },
-    )
-    steps_per_generation: int | None = field(
-        default=None,
-        metadata={"help": "GRPO's way to size the generation batch (see generation_batch_size); both cannot be set."},
-    )
-    shuffle_dataset: bool = field(
-        default=True,
-        metadata={
-            "recorded": True,
-            "help": "Shuffle each round's prompts from its seed (reproducible); False: in dataset order, cycling.",
-        },
-    )
-    max_completion_length: int = field(
-        default=256,
-        metadata={"recorded": True, "help": "Maximum length of a completion, in tokens."},
-    )
-    temperature: float = field(
-        default=1.0,
-        metadata={
-            "recorded": True,
-            "help": "Sampling temperature; also scales the logits of every likelihood BaNEL computes.",
-        },
-    )
-    top_p: float = field(
-        default=1.0,
-        metadata={
-            "recorded": True,
-            "help": "Nucleus sampling: cumulative probability of the tokens kept. Must be in (0, 1].",
-        },
-    )
-    top_k: int = field(
-        default=0,
-        metadata={"recorded": True, "help": "Top-k filtering of the proposal; 0 disables it."},
-    )
-    min_p: float | None = field(
-        default=None,
-        metadata={
-            "recorded": True,
-            "help": "Minimum token probability, scaled by the probability of the most likely token.",
-        },
-    )
-    repetition_penalty: float = field(
-        default=1.0,
-        metadata={"recorded": True, "help": "Penalty on tokens already present in the prompt and completion."},
-    )
-    generation_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "recorded": True,
-            "help": "Extra keyword arguments for transformers.GenerationConfig (vLLM's SamplingParams with use_vllm); "
-            "they override the above.",
-        },
-    )
-    chat_template_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "recorded": True,
-            "help": "Extra keyword arguments for apply_chat_template on conversational prompts.",
-        },
-    )
-    cache_implementation: str | None = field(
-        default=None,
-        metadata={"help": "KV cache implementation of generate (e.g. 'static'), for faster generation; as in GRPO."},
-    )
-    pad_to_multiple_of: int | str | None = field(
-        default=None,
-        metadata={
-            "help": "Pad generation and negative-fit batches to a multiple of this, for accelerators that compile "
-            "once per shape; 'auto': 128 on Neuron, else none."
-        },
-    )
-    use_transformers_paged: bool = field(
-        default=False,
-        metadata={"help": "Refused if True: the posterior scores the left-padded batch that generate sampled."},
-    )
-    use_transformers_continuous_batching: bool = field(
-        default=False,
-        metadata={"help": "Refused if True: the posterior scores the left-padded batch that generate sampled."},
-    )
+    # Generation: GenerationArguments, and the bound on rejection sampling
     max_sampling_attempts: int = field(
         default=10000,
         metadata={
@@ -465,7 +360,11 @@ class BanelConfig(VLLMArguments, TrainingArguments):
     def __post_init__(self):
         # Before TrainingArguments' checks: they compare values (a string fails there with a TypeError) and require an
         # eval strategy for options that BaNEL refuses altogether.
-        check_types(self, {**VLLMArguments.__annotations__, **BanelConfig.__annotations__})
+        parse_negative_model_config(self)
+        check_types(
+            self,
+            {**VLLMArguments.__annotations__, **GenerationArguments.__annotations__, **BanelConfig.__annotations__},
+        )
         refuse_evaluation(self)
         super().__post_init__()
         for name in POSITIVE_INTS:
@@ -480,6 +379,7 @@ class BanelConfig(VLLMArguments, TrainingArguments):
             self.first_region_rejection_rate = self.target_rejection_rate
         self.check_vllm_arguments()
         check_values(self)
+        check_distillation_memory(self)
 
     @classmethod
     def recorded_settings(cls) -> tuple[str, ...]:

@@ -5,9 +5,11 @@ reason (docs/migrating_from_grpo.md lists every GRPOConfig field and what BaNEL 
 """
 
 import enum
+import json
 import logging
 import math
 import numbers
+import os
 import types
 from typing import Any
 
@@ -265,6 +267,10 @@ def check_values(args) -> None:
     for name in ["target_rejection_rate", "first_region_rejection_rate"]:
         if getattr(args, name) is not None and not 0.0 < getattr(args, name) < 1.0:
             raise ValueError(f"`{name}` must be in (0, 1), got {getattr(args, name)}.")
+    if args.max_eval_reward_evaluations is not None and args.max_eval_reward_evaluations < 0:
+        raise ValueError(
+            f"`max_eval_reward_evaluations` must be >= 0 or None, got {args.max_eval_reward_evaluations}."
+        )
     if args.distillation_samples < 2:
         raise ValueError(f"`distillation_samples` must be at least 2, got {args.distillation_samples}.")
     if not args.temperature > 0.0:
@@ -273,3 +279,42 @@ def check_values(args) -> None:
         raise ValueError(f"`top_p` must be in (0, 1], got {args.top_p}.")
     if args.top_k < 0:
         raise ValueError(f"`top_k` must be >= 0, got {args.top_k}.")
+
+
+# Bytes an unevaluated distillation sample takes while its fit runs (its token ids as Python ints, the collated rows),
+# per token of prompt and completion: a generous bound, to refuse a `distillation_samples` that cannot fit in memory.
+BYTES_PER_SAMPLE_TOKEN = 128
+PROMPT_TOKENS_ALLOWANCE = 64
+
+
+def parse_negative_model_config(args) -> None:
+    """
+    Parse `negative_model_config` (JSON on the command line) into a dict of config attributes, before
+    TrainingArguments would raise a bare `JSONDecodeError`; refuse anything else, naming the option and the fix.
+    """
+    value = args.negative_model_config
+    fix = 'pass a dict of p_theta config attributes, e.g. `{"num_hidden_layers": 2}` (JSON on the command line)'
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"`negative_model_config` is not valid JSON ({error}): {fix}.") from None
+    if value is not None and not (isinstance(value, dict) and all(isinstance(key, str) for key in value)):
+        raise ValueError(f"`negative_model_config` must be a dict, got {value!r}: {fix}.")
+    args.negative_model_config = value
+
+
+def check_distillation_memory(args) -> None:
+    """Refuse `distillation_samples` that would not fit in this machine's memory, before anything is paid."""
+    if not args.distill_posterior:
+        return
+    needed = (
+        args.distillation_samples * (args.max_completion_length + PROMPT_TOKENS_ALLOWANCE) * BYTES_PER_SAMPLE_TOKEN
+    )
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(
+            f"`distillation_samples={args.distillation_samples}` would hold about {needed / 2**30:.0f} GiB of samples "
+            f"in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it (the "
+            "default is 6000)."
+        )

@@ -21,7 +21,7 @@ def check_dataset(dataset, name: str) -> None:
         problem = _prompt_problem(prompt)
         if problem is not None:
             raise ValueError(
-                f"Prompt {i} of `{name}` is {_shorten(prompt)} ({type(prompt).__name__}): {problem}. Prompts must be "
+                f"Prompt {i} of `{name}` is {shorten(prompt)} ({type(prompt).__name__}): {problem}. Prompts must be "
                 "strings (\"\" for unconditional generation) or lists of {'role': ..., 'content': ...} messages, as "
                 "in TRL."
             )
@@ -88,7 +88,8 @@ def _prompt_problem(prompt) -> str | None:
     return "not text; convert the column, e.g. `dataset.map(lambda x: {'prompt': str(x['prompt'])})`"
 
 
-def _shorten(value, width: int = 60) -> str:
+def shorten(value, width: int = 60) -> str:
+    """`repr(value)`, cut to `width` characters."""
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 

@@ -2,8 +2,8 @@
 
 from .fitting import ModelFitter
 from .models import proposal_adapter_name
-from .posterior import BanelPosterior
 from .regions import BASE_ADAPTER
+from .sampling import DISTILLATION_SEED_OFFSET, CandidateSampler
 
 
 class DistilledProposal:
@@ -14,12 +14,21 @@ class DistilledProposal:
     fit on samples of an earlier proposal stop rejecting: they are in `q_{k+1}`'s weights.
     """
 
-    def __init__(self, fitter: ModelFitter, posterior: BanelPosterior):
+    def __init__(self, args, fitter: ModelFitter, sampler: CandidateSampler):
+        self.args = args
         self.fitter = fitter
-        self.posterior = posterior
+        self.sampler = sampler
+        self.posterior = sampler.posterior
 
-    def distil(self, k: int, samples: list[dict], seed: int) -> None:
-        """Fit `q_{k+1}` on `samples` of the posterior after region `k`, from `seed`, and propose from it."""
+    def distil(self, k: int) -> None:
+        """
+        Fit `q_{k+1}` on `distillation_samples` samples of the posterior after region `k` (the round's one draw of
+        unevaluated samples, from their own seed), and propose from it.
+        """
+        args, seed = self.args, self.args.seed + k + DISTILLATION_SEED_OFFSET
+        samples = self.sampler.posterior_samples(
+            seed, args.distillation_samples, args.max_sampling_attempts, disable_tqdm=args.disable_tqdm
+        )
         if len(samples) < 2:
             raise RuntimeError(
                 f"Round {k}: the posterior accepted {len(samples)} samples to distil within `max_sampling_attempts` "

@@ -9,12 +9,14 @@ from importlib.metadata import version
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from .ledger import LEDGER_NAME
+from .ledger import EVAL_LEDGER_NAME, HITS_NAME, LEDGER_NAME
 from .regions import RejectionRegion, config_regions, read_posterior_config
-from .report import REPORT_PLOT_NAME, RunSummary, clopper_pearson, plot_run, read_run
+from .report import REPORT_NAME, REPORT_PLOT_NAME, RunSummary, clopper_pearson, plot_run, read_run
 
 
 MODEL_CARD_TEMPLATE = "banel_model_card.md"
+# Every paid completion and every success of a run: uploaded only when the user asks (`include_run_records=True`).
+RUN_RECORDS = (LEDGER_NAME, EVAL_LEDGER_NAME, HITS_NAME, REPORT_NAME)
 TAGS = ["trl", "banel"]
 PAPER = {
     "title": "BaNEL: Exploration Posteriors for Generative Modeling Using Only Negative Rewards",
@@ -39,7 +41,11 @@ def _run_figures(
     """A run's lines of the card's summary table, rows of its rounds table, and its listed successes."""
     used = len(run.records)
     summary = [
-        ("Reward evaluations (NREs) used", f"{used} of {max_reward_evaluations}" if max_reward_evaluations else used),
+        (
+            "Training reward evaluations (NREs)",
+            f"{used} of {max_reward_evaluations}" if max_reward_evaluations else used,
+        ),
+        ("Evaluation reward evaluations (NREs)", run.eval_evaluations),
         ("Successes found (never trained on)", len(run.successes)),
     ]
     sampled = [r for r in run.rounds if r.evaluations + r.repeats]
@@ -86,7 +92,7 @@ def _run_figures(
 def _regions_row(regions: list[RejectionRegion]) -> tuple[int, tuple[str, int | str]]:
     """
     How many of the saved posterior's `regions` reject, and the card's summary row on them, which names the relaxed
-    ones, counts the retracted ones apart (see `BanelConfig.retraction_p_value`) and says whether their negative
+    ones, counts the retracted ones apart (see [`RegionPolicy`]) and says whether their negative
     models are separate models (see `BanelConfig.negative_model`).
     """
     retracted = sum(region.retracted for region in regions)
@@ -109,6 +115,7 @@ def generate_banel_model_card(
     wandb_url: str | None = None,
     trackio_url: str | None = None,
     max_successes: int = 10,
+    run_records_uploaded: bool = True,
     trainer_name: str = "BaNEL",
     paper: dict[str, str] | None = None,
 ) -> ModelCard:
@@ -139,6 +146,9 @@ def generate_banel_model_card(
             Tracking links, as in TRL's cards.
         max_successes (`int`, *optional*, defaults to `10`):
             Successes listed.
+        run_records_uploaded (`bool`, *optional*, defaults to `True`):
+            Whether the run's records (its ledgers and `successes.jsonl`) go with the card: without them, the card
+            lists no success and says they were not uploaded.
         trainer_name (`str`, *optional*, defaults to `"BaNEL"`):
             The method's name, as the trainer hands it down (`BanelTrainer._name`).
         paper (`dict[str, str]`, *optional*):
@@ -158,6 +168,9 @@ def generate_banel_model_card(
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
         run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
         summary += run_summary
+        uploaded = "uploaded with the model" if run_records_uploaded else "not uploaded (kept in the run's folder)"
+        summary.append((f"Run records ({', '.join(RUN_RECORDS)})", uploaded))
+        successes = successes if run_records_uploaded else []
     card_data = ModelCardData(
         base_model=base_model if base_model_on_hub else None,
         datasets=dataset_name,
@@ -223,11 +236,12 @@ def push_posterior_to_hub(
     token: str | None = None,
     revision: str | None = None,
     dataset_name: str | None = None,
+    include_run_records: bool = False,
 ):
     """
     Upload a posterior to the Hub: every region's adapter, `banel_posterior.json` (the thresholds), the tokenizer if
-    given, and a model card. With `run_dir` (the run's `output_dir`), the card reports the NREs, successes and success
-    rates of the run, with its plot, and the ledger is uploaded too. Load it back with
+    given, and a model card. With `run_dir` (the run's `output_dir`), the card reports the NREs and success rates of
+    the run, with its plot; its ledgers and hits go too only with `include_run_records`. Load it back with
     [`~BanelPosterior.from_pretrained`] on a download of the repository.
 
     Args:
@@ -243,6 +257,8 @@ def push_posterior_to_hub(
             As in [`~huggingface_hub.HfApi.upload_folder`] and [`~huggingface_hub.HfApi.create_repo`].
         dataset_name (`str`, *optional*):
             Hub id of the prompts' dataset, for the card.
+        include_run_records (`bool`, *optional*, defaults to `False`):
+            Upload the run's ledgers and `successes.jsonl` (every paid completion and every success) too.
 
     Returns:
         [`~huggingface_hub.CommitInfo`]: the upload's commit.
@@ -259,7 +275,7 @@ def push_posterior_to_hub(
             tokenizer.save_pretrained(folder)
         plot_file = None
         if run_dir is not None:
-            for name in (LEDGER_NAME, "trainer_state.json"):
+            for name in (LEDGER_NAME, EVAL_LEDGER_NAME, HITS_NAME, "trainer_state.json"):
                 if os.path.isfile(os.path.join(run_dir, name)):
                     shutil.copyfile(os.path.join(run_dir, name), os.path.join(folder, name))
             plot_run(read_run(folder), os.path.join(folder, REPORT_PLOT_NAME))
@@ -270,6 +286,45 @@ def push_posterior_to_hub(
             hub_model_id=repo_id,
             dataset_name=dataset_name,
             plot_file=plot_file,
+            run_records_uploaded=include_run_records,
         )
         card.save(os.path.join(folder, "README.md"))
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
+        ignore = [] if include_run_records else list(RUN_RECORDS)
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            revision=revision,
+            ignore_patterns=ignore,
+        )
+
+
+def push_trainer_to_hub(
+    trainer,
+    commit_message: str,
+    blocking: bool,
+    token: str | None,
+    revision: str | None,
+    include_run_records: bool,
+    **kwargs,
+):
+    """
+    [`~transformers.Trainer.push_to_hub`] for a [`BanelTrainer`]: the saved posterior (and distilled adapter), the
+    tokenizer, the run's figures and plot, and a card saying what was uploaded; the run's records (`RUN_RECORDS`:
+    every paid completion and every success) only with `include_run_records`.
+    """
+    if trainer.hub_model_id is None:
+        trainer.init_hf_repo(token=token)
+    trainer.save_model(_internal_call=True)
+    if not trainer.is_world_process_zero():
+        return None
+    trainer.create_model_card(run_records_uploaded=include_run_records, **kwargs)
+    ignore = ["_*", "checkpoint-*", ".banel_saving", "*.tmp", *([] if include_run_records else RUN_RECORDS)]
+    return HfApi(token=token).upload_folder(
+        repo_id=trainer.hub_model_id,
+        folder_path=trainer.args.output_dir,
+        commit_message=commit_message,
+        run_as_future=not blocking,
+        ignore_patterns=ignore,
+        revision=revision or trainer.args.hub_revision,
+    )

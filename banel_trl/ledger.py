@@ -11,7 +11,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LEDGER_NAME = "banel_ledger.jsonl"
+LEDGER_NAME = "banel_ledger.jsonl"  # the training rounds' reward evaluations
+EVAL_LEDGER_NAME = "banel_eval_ledger.jsonl"  # `evaluate()`'s, on their own budget
+HITS_NAME = "successes.jsonl"  # every distinct success of the run, from both ledgers
 
 
 def sample_key(prompt: Any, completion: Any) -> str:
@@ -84,9 +86,10 @@ class RewardLedger:
     that the main process keeps up to date with [`~RewardLedger.extend`].
     """
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, name: str = LEDGER_NAME, hits: "HitsFile | None" = None):
         os.makedirs(output_dir, exist_ok=True)
-        self.path = os.path.join(output_dir, LEDGER_NAME)
+        self.path = os.path.join(output_dir, name)
+        self.hits = hits  # where the successes this ledger records are written as they are paid for
         self._file = open(self.path, "a+b")
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,20 +109,23 @@ class RewardLedger:
     def replica(cls, lines: list[dict]) -> "RewardLedger":
         """An in-memory, read-only copy of a ledger's `lines` (non-main processes of a multi-process run)."""
         ledger = cls.__new__(cls)
-        ledger.path, ledger._file = None, None
+        ledger.path, ledger._file, ledger.hits = None, None, None
         ledger._reset()
         ledger.extend(lines)
         return ledger
 
     @classmethod
-    def read(cls, output_dir: str) -> "RewardLedger":
+    def read(cls, output_dir: str, name: str = LEDGER_NAME, missing_ok: bool = False) -> "RewardLedger":
         """
-        A read-only copy of the ledger in `output_dir`, read without its lock, so that a run still in progress can be
-        reported on: its complete lines (a torn last line, still being written or left by a crash, is skipped).
+        A read-only copy of the ledger `name` in `output_dir`, read without its lock, so that a run still in progress
+        can be reported on: its complete lines (a torn last line, still being written or left by a crash, is skipped).
+        A missing file is refused, or with `missing_ok` read as an empty ledger.
         """
-        path = os.path.join(output_dir, LEDGER_NAME)
+        path = os.path.join(output_dir, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{output_dir} has no {LEDGER_NAME}: it is not the output_dir of a BaNEL run.")
+            if missing_ok:
+                return cls.replica([])
+            raise FileNotFoundError(f"{output_dir} has no {name}: it is not the output_dir of a BaNEL run.")
         with open(path, "rb") as file:
             lines = file.read().split(b"\n")[:-1]
         ledger = cls.replica(parse_lines(lines, path))
@@ -201,13 +207,15 @@ class RewardLedger:
         return [line for line in self.lines if line["round"] == round_index and "end" not in line]
 
     def append(self, records: list[dict]) -> None:
-        """Write paid evaluations durably, then index them."""
+        """Write paid evaluations durably, then index them, and add their successes to the hits file."""
         for offset, record in enumerate(records):
             record["index"] = len(self.records) + offset
             record["reward"] = _json_safe(record["reward"])
             record["rewards"] = [_json_safe(r) for r in record["rewards"]]
         self._write(records)
         self.extend(records)
+        if self.hits is not None:
+            self.hits.add([record for record in records if record["success"]], os.path.basename(self.path))
 
     def append_repeats(self, round_index: int, indices: list[int]) -> None:
         """Record that round `round_index` sampled the paid evaluations `indices` again (free)."""
@@ -279,3 +287,50 @@ class RoundReplay:
         replayed = min(len(indices), self._repeats)
         self._repeats -= replayed
         return indices[replayed:]
+
+
+class HitsFile:
+    """
+    `successes.jsonl` in a run's folder: every distinct success of the run once, as it is paid for, from the training
+    ledger (`"found_in": "training"`, with its round) or the evaluation ledger (`"evaluation"`): prompt, completion,
+    rewards and reward. The ledgers are the record: [`~HitsFile.rewrite`] makes the file again from them when a run
+    opens, so a kill between a ledger's write and the file's leaves it complete again.
+    """
+
+    SOURCES = {LEDGER_NAME: "training", EVAL_LEDGER_NAME: "evaluation"}
+    KEYS = ("prompt", "completion", "rewards", "reward", "round")
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, HITS_NAME)
+
+    def _line(self, record: dict, ledger_name: str) -> str:
+        return json.dumps(hit_of(record, ledger_name), ensure_ascii=False) + "\n"
+
+    def rewrite(self, ledgers: dict[str, RewardLedger]) -> None:
+        """Write the file afresh, atomically, from `ledgers` (by file name): their successes, in the order paid."""
+        lines = [self._line(r, name) for name, ledger in ledgers.items() for r in ledger.records if r["success"]]
+        temporary = self.path + ".tmp"
+        with open(temporary, "w") as file:
+            file.write("".join(lines))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, self.path)
+
+    def add(self, records: list[dict], ledger_name: str) -> None:
+        """Append the successes `records`, just written to the ledger `ledger_name` (each sample is paid once)."""
+        if records:
+            with open(self.path, "a") as file:
+                file.write("".join(self._line(record, ledger_name) for record in records))
+                file.flush()
+                os.fsync(file.fileno())
+
+
+def hit_of(record: dict, ledger_name: str) -> dict:
+    """A success's line in the hits file: what was paid for and found, and which ledger paid for it."""
+    return {key: record[key] for key in HitsFile.KEYS} | {"found_in": HitsFile.SOURCES[ledger_name]}
+
+
+def read_hits(output_dir: str) -> list[dict]:
+    """The run's distinct successes, rebuilt from its ledgers (what `successes.jsonl` holds once the run is open)."""
+    ledgers = {name: RewardLedger.read(output_dir, name, missing_ok=True) for name in HitsFile.SOURCES}
+    return [hit_of(r, name) for name, ledger in ledgers.items() for r in ledger.records if r["success"]]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
+from .distributed import on_main_process
 from .ledger import LEDGER_NAME, RewardLedger
 from .regions import (
     POSTERIOR_CONFIG_NAME,
@@ -173,6 +174,23 @@ def open_run_folder(output_dir: str, manifest: dict, force: bool = False, load_w
     except BaseException:
         ledger.close()
         raise
+
+
+def open_run(accelerator, output_dir: str, manifest: dict, force: bool = False, load: bool = True) -> RunFolder:
+    """
+    [`open_run_folder`] on every process: the main process alone reads (and locks) the files, and sends the others
+    the ledger's lines (their ledger is a replica), the regions, their weights (with `load`) and the logged metrics.
+    """
+
+    def read():
+        nonlocal folder
+        folder = open_run_folder(output_dir, manifest, force, load_weights=load)
+        return folder.ledger.lines, folder.regions, folder.weights, folder.log_history, folder.proposal
+
+    folder = None
+    lines, regions, weights, log_history, proposal = on_main_process(accelerator, read)
+    ledger = folder.ledger if folder is not None else RewardLedger.replica(lines)
+    return RunFolder(ledger, regions, weights, proposal, log_history)
 
 
 def _check(

@@ -64,6 +64,11 @@ def scratch_model_config(config: PretrainedConfig, overrides: dict) -> Pretraine
     unknown = [key for key in overrides if not hasattr(config, key)]
     if unknown:
         raise ValueError(f"{option}: {unknown} are not attributes of p_theta's {type(config).__name__}.")
+    for key, value in overrides.items():
+        current = getattr(config, key)
+        integer = isinstance(current, int) and not isinstance(current, bool)
+        if integer and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"{option}: `{key}` must be a positive integer, as in p_theta's config ({current}).")
     if "vocab_size" in overrides:
         raise ValueError(f"{option}: the negative model scores p_theta's tokens; drop `vocab_size`.")
     values = {**config.to_dict(), **overrides}

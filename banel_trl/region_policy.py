@@ -14,7 +14,7 @@ from .ledger import RewardLedger
 from .models import reference_adapter_name, reference_model_name, region_adapter_name, region_model_name
 from .posterior import BanelPosterior
 from .regions import BASE_ADAPTER, RejectionRegion
-from .sampling import CandidateSampler
+from .sampling import REFERENCE_SEED_OFFSET, CandidateSampler
 from .thresholds import calibrated_threshold, region_scores
 
 
@@ -123,12 +123,14 @@ class RegionPolicy:
         )
         return False
 
-    def fit(self, ledger: RewardLedger, k: int, reference_samples: list[dict]) -> tuple[RejectionRegion, float]:
+    def fit(self, ledger: RewardLedger, k: int) -> tuple[RejectionRegion, float]:
         """
-        Fit round `k`'s negative model on its failures, and its reference on `reference_samples` (unevaluated samples
-        of the same posterior; none: the proposal is the reference), then set the region's threshold.
+        Fit round `k`'s negative model on its failures, and its reference on as many unevaluated samples of the same
+        posterior (the round's one draw of them; none accepted, or none needed: the proposal is the reference), then
+        set the region's threshold.
         """
         evidence, proposal, seed = self.evidence(ledger, k), self.posterior.proposal_adapter, self.args.seed + k
+        reference_samples = self._reference_samples(ledger, k, len(evidence.fit))
         separate = self.args.negative_model != "lora"
         name, loss = self._fit((region_model_name if separate else region_adapter_name)(k), evidence.fit, seed, k)
         reference = proposal  # the failures are samples of the proposal, cut by its regions (none once distilled)
@@ -140,6 +142,23 @@ class RegionPolicy:
         rate = self.args.first_region_rejection_rate if k == 0 else self.args.target_rejection_rate
         region.threshold = on_main_process(self.accelerator, self._threshold, region, evidence.held_out, rate)
         return region, loss
+
+    def _reference_samples(self, ledger: RewardLedger, k: int, num_samples: int) -> list[dict]:
+        """
+        `num_samples` fresh samples of the posterior round `k` sampled, from their own seed, never evaluated (no NRE);
+        a sample the ledger knows to be a success is left out, so that no known success is trained on.
+        """
+        if not self.needs_reference(k):
+            return []
+        args = self.args
+        seed = args.seed + k + REFERENCE_SEED_OFFSET
+        samples = self.sampler.posterior_samples(
+            seed, num_samples, args.max_sampling_attempts, ledger.is_known_success, args.disable_tqdm
+        )
+        if len(samples) < num_samples:
+            outcome = "the reference model is fit on those" if samples else f"region {k} is compared with p_theta"
+            logger.warning(f"Round {k}: {len(samples)} of {num_samples} reference samples were accepted; {outcome}.")
+        return samples
 
     def _fit(self, name: str, examples: list[dict], seed: int, k: int) -> tuple[str, float]:
         """Fit the model `name` on `examples`: an adapter (from the distilled proposal, if any) or a separate model."""

@@ -1,5 +1,6 @@
 """Reading a BaNEL run back from its output folder: per-round figures, a plot, successes and failure patterns."""
 
+import csv
 import json
 import os
 import random
@@ -8,8 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
-from .data import NegativesCollator, tokenize_prompts
-from .ledger import LEDGER_NAME, RewardLedger
+from .data import NegativesCollator, shorten, tokenize_prompts
+from .ledger import EVAL_LEDGER_NAME, HITS_NAME, HitsFile, RewardLedger, read_hits
 from .posterior import BanelPosterior
 from .regions import POSTERIOR_CONFIG_NAME, read_posterior_config
 
@@ -19,20 +20,7 @@ REPORT_NAME = "banel_report.md"
 
 
 def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
-    """
-    Exact (Clopper-Pearson) two-sided `1 - alpha` confidence interval of a binomial success rate.
-
-    Args:
-        successes (`int`):
-            Number of successes observed.
-        trials (`int`):
-            Number of trials, at least `successes`.
-        alpha (`float`, *optional*, defaults to `0.05`):
-            One minus the coverage of the interval.
-
-    Returns:
-        `tuple[float, float]`: the lower and upper bounds.
-    """
+    """The exact (Clopper-Pearson) two-sided `1 - alpha` confidence interval `(lower, upper)` of a binomial rate."""
     from scipy.stats import beta
 
     if not 0 <= successes <= trials or trials < 1:
@@ -73,6 +61,8 @@ class RunSummary:
     rounds: list[RoundSummary]
     posterior_config: dict | None = None
     eval_metrics: dict = field(default_factory=dict)
+    eval_evaluations: int = 0  # reward evaluations `evaluate()` paid, apart from the training budget
+    hits: list[dict] = field(default_factory=list)  # every distinct success, in training or evaluation
 
     @property
     def successes(self) -> list[dict]:
@@ -133,7 +123,22 @@ def read_run(output_dir: str) -> RunSummary:
     posterior_config = None
     if os.path.isfile(os.path.join(output_dir, POSTERIOR_CONFIG_NAME)):
         posterior_config = read_posterior_config(output_dir)
-    return RunSummary(output_dir, ledger.records, ledger.repeats, rounds, posterior_config, eval_metrics)
+    eval_evaluations = len(RewardLedger.read(output_dir, EVAL_LEDGER_NAME, missing_ok=True))
+    return RunSummary(
+        output_dir, ledger.records, ledger.repeats, rounds, posterior_config, eval_metrics, eval_evaluations,
+        read_hits(output_dir),
+    )  # fmt: skip
+
+
+def export_hits_csv(output_dir: str, path: str) -> int:
+    """Write the run's distinct successes to the CSV file `path` (one row each, rewards as JSON); returns how many."""
+    hits = read_hits(output_dir)
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=[*HitsFile.KEYS, "found_in"])
+        writer.writeheader()
+        for hit in hits:
+            writer.writerow({key: json.dumps(v) if isinstance(v, list | dict) else v for key, v in hit.items()})
+    return len(hits)
 
 
 def plot_run(run: RunSummary, path: str) -> str:
@@ -260,19 +265,13 @@ def failure_patterns(
                 "threshold": region.threshold,
                 "retracted": region.retracted,
                 "relaxed": region.relaxed,
-                "kappa": posterior.region_kappa(region),
+                "kappa": region.kappa or 1.0,
                 "rejected_share": float((scores[:, k] > region.threshold).float().mean()),
                 "most_likely": [entry(i, k) for i in order[:top_k]],
                 "least_likely": [entry(i, k) for i in order[::-1][:top_k]],
             }
         )
     return patterns
-
-
-def _shorten(value, width: int = 100) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = repr(text)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _patterns_section(patterns: list[dict]) -> list[str]:
@@ -299,22 +298,21 @@ def _patterns_section(patterns: list[dict]) -> list[str]:
         ]
         for most, least in zip(pattern["most_likely"], pattern["least_likely"], strict=True):
             lines.append(
-                f"| {_shorten(most['completion'], 60)} | {most['score']:.2f} | "
-                f"{_shorten(least['completion'], 60)} | {least['score']:.2f} |"
+                f"| {shorten(most['completion'], 60)} | {most['score']:.2f} | "
+                f"{shorten(least['completion'], 60)} | {least['score']:.2f} |"
             )
         lines.append("")
     return lines
 
 
-def format_report(
-    run: RunSummary, patterns: list[dict] | None = None, plot_path: str | None = None, max_successes: int = 20
-) -> str:
+def format_report(run: RunSummary, patterns: list[dict] | None = None, plot_path: str | None = None) -> str:
     """The run as Markdown: a table of rounds, the successes found, and the failure patterns of each region."""
     lines = [f"# BaNEL run report: `{run.output_dir}`", ""]
     if plot_path is not None:
         lines += [f"![BaNEL rounds]({os.path.basename(plot_path)})", ""]
     lines += [
-        f"{len(run.records)} reward evaluations (NREs) in {len(run.rounds)} rounds, {len(run.successes)} successes.",
+        f"{len(run.records)} reward evaluations (NREs) in {len(run.rounds)} rounds, {len(run.successes)} successes; "
+        f"{run.eval_evaluations} more reward evaluations in `evaluate()`, apart from the training budget.",
         "",
         "| round | NREs | cumulative NREs | successes | success rate [95% CI] | acceptance rate | negative loss | "
         "threshold |",
@@ -336,17 +334,21 @@ def format_report(
         )
     lines += ["", "Round 0 samples `p_theta` itself: its success rate estimates the base model's.", ""]
 
-    lines += ["## Successes", ""]
-    if run.successes:
-        for r in run.successes[:max_successes]:
-            lines.append(
-                f"- round {r['round']}, reward {r['reward']}: {_shorten(r['completion'])} "
-                f"(prompt {_shorten(r['prompt'], 60)})"
-            )
-        if len(run.successes) > max_successes:
-            lines.append(f"- ... and {len(run.successes) - max_successes} more in `{LEDGER_NAME}`.")
-    else:
-        lines.append("None found.")
+    found_in = [hit["found_in"] for hit in run.hits]
+    lines += [
+        "## Successes",
+        "",
+        f"{len(run.hits)} distinct successes ({found_in.count('training')} in training, "
+        f"{found_in.count('evaluation')} in evaluation), all in `{HITS_NAME}`:"
+        if run.hits
+        else "None found.",
+        "",
+    ]
+    lines += [
+        f"- {hit['found_in']}, round {hit['round']}, reward {hit['reward']}: {shorten(hit['completion'], 100)} "
+        f"(prompt {shorten(hit['prompt'], 60)})"
+        for hit in run.hits
+    ]
     lines.append("")
 
     if patterns:

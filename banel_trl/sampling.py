@@ -129,6 +129,41 @@ class CandidateSampler:
         self._prompt_ids: dict[str, list[int]] = {}
         self._prompts: Iterator[dict] | None = None
 
+    @classmethod
+    def for_run(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        args,
+        dataset,
+        accelerator,
+        proposal_sampler=None,
+    ) -> "CandidateSampler":
+        """The sampler of a run's posterior over `model` (`p_theta`), with the settings of a [`BanelConfig`]."""
+        config = generation_config(model, tokenizer, args)
+        posterior = BanelPosterior(
+            model,
+            temperature=args.temperature,
+            scoring_batch_size=args.per_device_eval_batch_size,
+            max_sampling_attempts=args.max_sampling_attempts,
+            generation_config=config,
+            disable_tqdm=args.disable_tqdm,
+            proposal_sampler=proposal_sampler,
+        )
+        return cls(
+            posterior,
+            tokenizer,
+            config,
+            args.num_generations,
+            args.generation_batch_size,
+            args.chat_template_kwargs,
+            shuffle_dataset=args.shuffle_dataset,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+            dataset=dataset,
+            accelerator=accelerator,
+            full_determinism=args.full_determinism,
+        )
+
     def prompt_ids(self, prompt) -> list[int]:
         """Token ids of `prompt` (tokenised once, then cached)."""
         key = repr(prompt)

@@ -21,17 +21,17 @@ from transformers.trainer_utils import TrainOutput, speed_metrics
 from trl.data_utils import is_conversational
 
 from .callbacks import BanelCallback, is_per_fit
-from .collect import RoundCollector
+from .collect import RoundCollector, round_fell_short
 from .config import BanelConfig
 from .data import prompt_dataset
 from .distillation import DistilledProposal
 from .distributed import on_main_process
-from .evaluation import success_metrics
+from .evaluation import evaluate_posterior
 from .fitting import ModelFitter
-from .hub import PAPER, TAGS, write_model_card
-from .ledger import RewardLedger
-from .manifest import FORCE, open_run_folder, run_manifest
-from .metrics import log_round_completions, round_metrics
+from .hub import PAPER, TAGS, push_trainer_to_hub, write_model_card
+from .ledger import EVAL_LEDGER_NAME, LEDGER_NAME, HitsFile, RewardLedger
+from .manifest import FORCE, open_run, run_manifest
+from .metrics import log_round_completions, reward_metrics, round_metrics
 from .models import (
     check_negative_model,
     default_peft_config,
@@ -41,17 +41,10 @@ from .models import (
     region_adapter_name,
     save_adapter_as_model,
 )
-from .posterior import BanelPosterior
 from .region_policy import RegionPolicy
-from .regions import BASE_ADAPTER, RejectionRegion
+from .regions import BASE_ADAPTER
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
-from .sampling import (
-    DISTILLATION_SEED_OFFSET,
-    EVALUATION_SEED_OFFSET,
-    REFERENCE_SEED_OFFSET,
-    CandidateSampler,
-    generation_config,
-)
+from .sampling import EVALUATION_SEED_OFFSET, CandidateSampler
 from .vllm_generation import VLLMSampler
 
 
@@ -68,24 +61,19 @@ class BanelTrainer(Trainer):
     current posterior, pays for the accepted and never-seen candidates, fits a new LoRA negative model `p_phi_k` on
     the failures by maximum likelihood, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_ref_k(x) >
     threshold_k}`, where `p_ref_k` is `p_theta` for round 0 and, from round 1 on, a LoRA fit the same way on
-    unevaluated samples of the posterior the failures came from (`reference_model`). The result is
-    [`BanelPosterior`]: `p_theta` conditioned on avoiding every region.
+    unevaluated samples of the posterior the failures came from. The result is [`BanelPosterior`]: `p_theta`
+    conditioned on avoiding every region. The round's parts are composed objects: a [`RoundCollector`] pays, a
+    [`RegionPolicy`] turns failures into regions and reviews them, a [`ModelFitter`] runs each fit as a fresh inner
+    Trainer, and with `distill_posterior` a [`DistilledProposal`] distils each round's posterior (Algorithm 2).
 
     Example:
 
     ```python
-    >>> from datasets import Dataset
-    >>> from banel_trl import BanelConfig, BanelTrainer
-
-    >>> def is_correct(completions, answer, **kwargs):
-    ...     return [float(c.strip() == a) for c, a in zip(completions, answer)]
-
-    >>> dataset = Dataset.from_dict({"prompt": ["2+2="], "answer": ["4"]})
     >>> trainer = BanelTrainer(
     ...     model="Qwen/Qwen2.5-0.5B-Instruct",
-    ...     reward_funcs=is_correct,
-    ...     args=BanelConfig("out", max_reward_evaluations=1000, samples_per_round=200),
-    ...     train_dataset=dataset,
+    ...     reward_funcs=is_correct,  # TRL's contract: (completions, **columns) -> list[float]
+    ...     args=BanelConfig("out", max_reward_evaluations=1000),
+    ...     train_dataset=Dataset.from_dict({"prompt": ["2+2="], "answer": ["4"]}),
     ... )
     >>> trainer.train()
     >>> trainer.successes, trainer.num_reward_evaluations
@@ -197,7 +185,7 @@ class BanelTrainer(Trainer):
             self.model, args, self.peft_config, processing_class, self.state, self.callback_handler
         )
         self.region_policy = RegionPolicy(args, self.fitter, self.posterior, self.sampler, self.accelerator)
-        self.proposal = DistilledProposal(self.fitter, self.posterior)
+        self.proposal = DistilledProposal(args, self.fitter, self.sampler)
 
     def _set_up_sampling(self, train_dataset: Dataset, eval_dataset: Dataset | None) -> None:
         """
@@ -208,31 +196,11 @@ class BanelTrainer(Trainer):
             if isinstance(reward_func, PreTrainedModel):
                 self.reward_funcs[i] = self.accelerator.prepare_model(reward_func, evaluation_mode=True)
         args, processing_class = self.args, self.processing_class
-        self.generation_config = generation_config(self.model, processing_class, args)
         vllm_sampler = VLLMSampler(self.model, self.accelerator, processing_class, args) if args.use_vllm else None
-        self.posterior = BanelPosterior(
-            self.model,
-            temperature=args.temperature,
-            scoring_batch_size=args.per_device_eval_batch_size,
-            max_sampling_attempts=args.max_sampling_attempts,
-            generation_config=self.generation_config,
-            disable_tqdm=args.disable_tqdm,
-            proposal_sampler=vllm_sampler,
+        self.sampler = CandidateSampler.for_run(
+            self.model, processing_class, args, train_dataset, self.accelerator, vllm_sampler
         )
-        # Each round restarts its prompt stream from the round's seed (`CandidateSampler.reseed`).
-        self.sampler = CandidateSampler(
-            self.posterior,
-            processing_class,
-            self.generation_config,
-            args.num_generations,
-            args.generation_batch_size,
-            args.chat_template_kwargs,
-            shuffle_dataset=args.shuffle_dataset,
-            pad_to_multiple_of=args.pad_to_multiple_of,
-            dataset=train_dataset,
-            accelerator=self.accelerator,
-            full_determinism=args.full_determinism,
-        )
+        self.posterior, self.generation_config = self.sampler.posterior, self.sampler.generation_config
         self.rewards = RewardEvaluator(
             self.reward_funcs,
             self.reward_processing_classes,
@@ -259,30 +227,25 @@ class BanelTrainer(Trainer):
         return [r for r in self.ledger.records if r["success"]]
 
     def _open_ledger(self, force: bool = False) -> None:
-        """
-        Open the ledger and reload the regions of finished rounds and the metrics logged from `output_dir`, once it
-        is checked to hold this run (`open_run_folder`). Only the main process reads (and locks) the files; it sends
-        the ledger's lines, the regions' weights and the metrics to the other processes.
-        """
-
-        def read_output_dir():
-            self.ledger.close()
-            names = [reward_func_name(f) for f in self.reward_funcs]
-            manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
-            folder = open_run_folder(self.args.output_dir, manifest, force, load_weights=not self.posterior.regions)
-            self.ledger = folder.ledger
-            return self.ledger.lines, folder.regions, folder.weights, folder.log_history, folder.proposal
-
-        lines, regions, weights, log_history, proposal = on_main_process(self.accelerator, read_output_dir)
-        if not self.accelerator.is_main_process:
-            self.ledger = RewardLedger.replica(lines)
-        self.state.log_history = self.state.log_history or log_history  # a new process: the earlier rounds' metrics
+        """Open the run in `output_dir` (see [`open_run`]): its ledger, the finished rounds' regions and metrics."""
+        self.ledger.close()
+        names = [reward_func_name(f) for f in self.reward_funcs]
+        manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
+        folder = open_run(self.accelerator, self.args.output_dir, manifest, force, load=not self.posterior.regions)
+        self.ledger = folder.ledger
+        if not self.ledger.closed:  # the main process writes the hits as they are paid for, from a complete file
+            self.ledger.hits = HitsFile(self.args.output_dir)
+            eval_ledger = RewardLedger.read(self.args.output_dir, EVAL_LEDGER_NAME, missing_ok=True)
+            self.ledger.hits.rewrite({LEDGER_NAME: self.ledger, EVAL_LEDGER_NAME: eval_ledger})
+        self.state.log_history = self.state.log_history or folder.log_history  # a new process: the earlier rounds'
         self.state.global_step = max((entry.get("step", 0) for entry in self.state.log_history), default=0)
-        if self.posterior.regions and regions != self.posterior.regions and self.args.should_save:
+        if self.posterior.regions and folder.regions != self.posterior.regions and self.args.should_save:
             self._save_posterior()  # this process's save failed before: save again what it fit
         # A new process: the saved regions' adapters, and the proposal distilled after the last saved round.
-        self.posterior.restore(regions if weights else [], weights, proposal, self.peft_config)
-        if len(self.ledger) or regions:
+        self.posterior.restore(
+            folder.regions if folder.weights else [], folder.weights, folder.proposal, self.peft_config
+        )
+        if len(self.ledger) or folder.regions:
             logger.warning(
                 f"Resuming run in {self.args.output_dir}: {len(self.ledger)} paid evaluations, "
                 f"{len(self.posterior.regions)} regions."
@@ -292,14 +255,12 @@ class BanelTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """
-        Run BaNEL. A run always resumes from `output_dir` when it holds a ledger: paid evaluations are reused, never
-        paid again, the regions of finished rounds are reloaded, and an interrupted round samples again from its seed.
-        A resume that contradicts the run recorded in `output_dir` (`banel_run.json`: model, tokenizer, rewards,
-        sampling and fit settings) is refused, naming every difference; `resume_from_checkpoint="force"` resumes with
-        the new settings. Other values of `resume_from_checkpoint` are accepted for Trainer scripts, without effect.
-
-        With several processes (`accelerate launch`), every process samples its share; the main process alone pays
-        for the rewards and writes the ledger, every process receives the results, and the fits are data-parallel.
+        Run BaNEL (the paper's Algorithm 1, or 2 with `distill_posterior`). A run always resumes from `output_dir` when
+        it holds a ledger: paid evaluations are never paid again, the regions of finished rounds are reloaded, and an
+        interrupted round samples again from its seed. A resume that contradicts the run recorded in `output_dir`
+        (`banel_run.json`) is refused, naming every difference; `resume_from_checkpoint="force"` resumes with the new
+        settings (other values are accepted for Trainer scripts, without effect). With several processes, every
+        process samples its share; the main process alone pays and writes the ledger; the fits are data-parallel.
         """
         args = self.args
         fit_losses, start_time = [], time.time()
@@ -317,15 +278,15 @@ class BanelTrainer(Trainer):
                 region, loss = None, None
                 changed = self.region_policy.review(self.ledger, k)  # the paid evidence keeps, relaxes or retracts
                 if not changed and self.region_policy.has_evidence(self.ledger, k):
-                    reference_samples = self._posterior_samples(k, REFERENCE_SEED_OFFSET, len(evidence.fit))
-                    region, loss = self.region_policy.fit(self.ledger, k, reference_samples)  # 3-4: p_phi_k, tau_k
+                    region, loss = self.region_policy.fit(self.ledger, k)  # 3-4: fit p_phi_k (and p_ref_k), tau_k
                     self.posterior.add_region(region)
                     fit_losses.append(loss)
-                    if args.distill_posterior:  # Algorithm 2: the next proposal, fit on samples of this posterior
-                        samples = self._posterior_samples(k, DISTILLATION_SEED_OFFSET, args.distillation_samples)
-                        self.proposal.distil(k, samples, args.seed + k + DISTILLATION_SEED_OFFSET)
+                    if args.distill_posterior:
+                        self.proposal.distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
                 self._end_round(k, stats, num_failures, region, loss, save=changed or region is not None)
-                if not changed and self._fell_short(k, stats):
+                if not changed and round_fell_short(
+                    k, stats, self.num_reward_evaluations, args.max_reward_evaluations
+                ):
                     break  # the posterior accepts too little to go on (a change raised its acceptance again)
         finally:
             self.ledger.close()  # releases the lock, whatever was raised; the records stay readable
@@ -345,43 +306,17 @@ class BanelTrainer(Trainer):
                 return
             yield k
 
-    def _posterior_samples(self, k: int, stream: int, num_samples: int) -> list[dict]:
-        """
-        The one draw of round `k`'s unevaluated posterior samples (no NRE), from their own seed `stream`: the
-        reference's (from round 1 on, in the exact loop: the posterior the failures came from, known successes left
-        out, so none is trained on) or the distillation's (the posterior with region `k`).
-        """
-        args = self.args
-        if stream == REFERENCE_SEED_OFFSET and not self.region_policy.needs_reference(k):
-            return []  # the failures' reference is the proposal that drew them
-        exclude = self.ledger.is_known_success if stream == REFERENCE_SEED_OFFSET else None
-        seed = args.seed + k + stream
-        samples = self.sampler.posterior_samples(
-            seed, num_samples, args.max_sampling_attempts, exclude, args.disable_tqdm
-        )
-        if stream == REFERENCE_SEED_OFFSET and len(samples) < num_samples:
-            outcome = "the reference model is fit on those" if samples else f"region {k} is compared with p_theta"
-            logger.warning(f"Round {k}: {len(samples)} of {num_samples} reference samples were accepted; {outcome}.")
-        return samples
-
-    def _fell_short(self, k: int, stats: dict) -> bool:
-        """Whether round `k` could not spend its budget (`stats` from [`RoundCollector.collect`]), warning if so."""
-        if stats["evaluated"] >= stats["budget"]:
-            return False
-        logger.warning(
-            f"Ending the run after round {k}, which could not spend its budget: a further region would only lower the "
-            f"acceptance rate ({stats['accepted'] / max(stats['proposed'], 1):.2e}). {self.num_reward_evaluations} "
-            f"of {self.args.max_reward_evaluations} evaluations are spent; to go on, call `train()` again with a "
-            "higher `max_sampling_attempts`."
-        )
-        return True
-
     def _end_run(self, fit_losses: list[float], start_time: float) -> TrainOutput:
         """Log the run's summary, as `Trainer.train` ends with, and call `on_train_end` once for the whole run."""
         metrics = {"num_reward_evaluations": self.num_reward_evaluations, "num_successes": len(self.successes)}
         mean_loss = sum(fit_losses) / len(fit_losses) if fit_losses else None
         summary = speed_metrics("train", start_time) | ({"train_loss": mean_loss} if fit_losses else {})
-        self.log(summary | metrics)
+        # As GRPO's last log: the reward figures of the last round's paid samples.
+        last_round = max((r["round"] for r in self.ledger.records), default=None)
+        rewards = (
+            reward_metrics(self.ledger.paid_in_round(last_round), self.rewards.names) if self.ledger.records else {}
+        )
+        self.log(summary | rewards | metrics)
         self._save_state()
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         return TrainOutput(self.state.global_step, mean_loss, metrics)
@@ -399,15 +334,7 @@ class BanelTrainer(Trainer):
 
     # ------------------------------------------------------------------ logging, evaluation, saving
 
-    def _end_round(
-        self,
-        k: int,
-        stats: dict,
-        num_failures: int,
-        region: RejectionRegion | None = None,
-        fit_loss: float | None = None,
-        save: bool = False,
-    ) -> None:
+    def _end_round(self, k: int, stats: dict, num_failures: int, region=None, fit_loss=None, save=False) -> None:
         """Save the posterior the round changed, log the round's figures and tell the callbacks."""
         if save and self.args.should_save:
             self._save_posterior()
@@ -429,9 +356,10 @@ class BanelTrainer(Trainer):
     def evaluate(self, eval_dataset: Dataset | None = None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """
         Success rate of the posterior: `num_generations_eval` accepted samples for every prompt of `eval_dataset` (or
-        of the trainer's; a dict of datasets is measured per name). These reward calls measure the result: they are
-        outside the training budget and are not written to the ledger. With several processes, each one samples its
-        share of the prompts and the main process calls the rewards.
+        of the trainer's; a dict of datasets is measured per name). Its reward calls come from their own budget,
+        `max_eval_reward_evaluations` over the run, and are written to `banel_eval_ledger.jsonl` before they count; a
+        sample whose reward the run knows (from training or an earlier evaluation) is not paid again, and the hits are
+        added to `successes.jsonl`. With several processes, each one samples its share and the main process pays.
         """
         dataset = prompt_dataset(
             self.eval_dataset if eval_dataset is None else eval_dataset, "eval_dataset", named=True
@@ -440,8 +368,8 @@ class BanelTrainer(Trainer):
             named = [self.evaluate(data, ignore_keys, f"{metric_key_prefix}_{name}") for name, data in dataset.items()]
             return {key: value for metrics in named for key, value in metrics.items()}
         self.sampler.reseed(self.args.seed + EVALUATION_SEED_OFFSET, own_stream=True)  # each process its own samples
-        measure = dict(trainer_state=self.state, num_generations=self.args.num_generations_eval)
-        metrics = success_metrics(self.accelerator, self.sampler, self.rewards, dataset, metric_key_prefix, **measure)
+        parts = (self.args, self.sampler, self.rewards, self.ledger, dataset, metric_key_prefix, self.state)
+        metrics = evaluate_posterior(*parts, self.accelerator)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
@@ -468,19 +396,24 @@ class BanelTrainer(Trainer):
         """Save the posterior, recording the ledger its regions were fit on (checked when the run resumes)."""
         self.posterior.save_pretrained(output_dir or self.args.output_dir, ledger=self.ledger.fingerprint())
 
-    def create_model_card(
+    def push_to_hub(
         self,
-        model_name: str | None = None,
-        dataset_name: str | None = None,
-        tags: str | list[str] | None = None,
+        commit_message="End of training",
+        blocking=True,
+        token=None,
+        revision=None,
+        include_run_records=False,
         **kwargs,
-    ) -> None:
+    ):
         """
-        Write the model card `README.md` into `output_dir`, in TRL's style: the method and its paper, the reward
-        evaluations used, each round's successes and success rate, and the per-round plot (`banel_report.png`).
-        [`~transformers.Trainer.push_to_hub`] calls it before uploading. `model_name` defaults to the last part of
-        `hub_model_id` or `output_dir`; `dataset_name` is the prompts' Hub id; `tags` are added to the card's.
+        As [`~transformers.Trainer.push_to_hub`]: the posterior (adapters, thresholds, the distilled adapter), the
+        tokenizer and a model card. The run's ledgers and `successes.jsonl` (every paid completion and every success)
+        are uploaded only with `include_run_records=True`; the card says which.
         """
+        return push_trainer_to_hub(self, commit_message, blocking, token, revision, include_run_records, **kwargs)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags: str | list[str] | None = None, **kwargs):
+        """The model card `README.md` in `output_dir`, in TRL's style (see [`write_model_card`]); `push_to_hub` calls it."""
         if not self.is_world_process_zero():
             return
         write_model_card(
@@ -490,6 +423,7 @@ class BanelTrainer(Trainer):
             dataset_name=dataset_name,
             tags=[tags] if isinstance(tags, str) else tags,
             max_reward_evaluations=self.args.max_reward_evaluations,
+            run_records_uploaded=kwargs.get("run_records_uploaded", True),
             trainer_name=self._name,
             paper=self._paper,
         )

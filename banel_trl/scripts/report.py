@@ -6,7 +6,7 @@ The report script, `banel-trl report`: the plot and summary of a BaNEL run from 
 
 import argparse
 
-from banel_trl.report import write_report
+from banel_trl.report import export_hits_csv, write_report
 
 
 DESCRIPTION = (
@@ -43,6 +43,12 @@ def make_parser(
     )
     parser.add_argument("--num_failures", type=int, default=512, help="Failures scored under every region.")
     parser.add_argument("--top_k", type=int, default=5, help="Failures listed at each end of a region's ranking.")
+    parser.add_argument(
+        "--export_csv",
+        metavar="PATH",
+        default=None,
+        help="Also write the run's distinct successes (training and evaluation) to this CSV file.",
+    )
     parser.add_argument(
         "--no_patterns",
         action="store_true",
@@ -88,6 +94,8 @@ def main(args: argparse.Namespace) -> tuple[str, str]:
     with open(report_path) as file:
         print(file.read())
     print(f"Plot: {plot_path}\nReport: {report_path}")
+    if args.export_csv:
+        print(f"Successes: {export_hits_csv(args.output_dir, args.export_csv)} rows in {args.export_csv}")
     return report_path, plot_path
 
 

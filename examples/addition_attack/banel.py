@@ -19,7 +19,7 @@ PROPOSAL_POOL_SAMPLES = 20_000
 class RoundProbe(BanelCallback):
     """
     After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
-    round that added no region, see `reference_min_successes` and `retraction_p_value`, has no region figures; one
+    round that added no region, see `RegionPolicy`, has no region figures; one
     that relaxed or retracted a region says which). A region fit against `p_theta` is measured on the fixed pool of
     `p_theta`'s samples (`pool_batches`), one fit against a distilled proposal on `PROPOSAL_POOL_SAMPLES` fresh
     samples of that proposal, labelled by `reward` outside the run's budget.

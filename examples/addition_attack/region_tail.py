@@ -104,7 +104,7 @@ def main(argv=None):
     parser.add_argument(
         "--length_normalize",
         action="store_true",
-        help="also score per token (BanelConfig.length_normalize: each log-likelihood over the completion's length)",
+        help="also score per token (each log-likelihood over the completion's length)",
     )
     parser.add_argument("--pool_samples", type=int, default=200_000)
     parser.add_argument("--pool_failures", type=int, default=20_000)
@@ -133,7 +133,7 @@ def main(argv=None):
         negative_model=args.negative_model,
         negative_model_config=args.negative_model_config,
         generation_batch_size=4096,
-        scoring_batch_size=4096,
+        per_device_eval_batch_size=4096,
         use_cpu=True,
         report_to="none",
         disable_tqdm=True,

@@ -129,7 +129,7 @@ def run(task: str, seed: int, options) -> dict:
     tokenizer, model, reward = TASKS[task](seed)
     start = time.time()
     with tempfile.TemporaryDirectory() as output_dir:
-        settings = dict(generation_batch_size=4096, scoring_batch_size=4096) | dict(options.banel)
+        settings = dict(generation_batch_size=4096, per_device_eval_batch_size=4096) | dict(options.banel)
         config = BanelConfig(
             output_dir=output_dir,
             seed=seed,

@@ -36,7 +36,7 @@ def worker(options) -> None:
     args = BanelConfig(
         output_dir=options.output_dir, max_reward_evaluations=2 * options.samples_per_round,
         samples_per_round=options.samples_per_round, max_completion_length=2 * task.MAX_DIGITS + 4,
-        generation_batch_size=options.generation_batch_size, scoring_batch_size=options.generation_batch_size,
+        generation_batch_size=options.generation_batch_size, per_device_eval_batch_size=options.generation_batch_size,
         num_train_epochs=1, first_region_rejection_rate=options.first_region_rejection_rate, report_to="none",
         disable_tqdm=True,
         logging_strategy="no", use_cpu=True, seed=0,

@@ -1,7 +1,7 @@
 """
 Benchmark: does each negative model discriminate successes from failures? (toy task, CPU, offline)
 
-BaNEL only helps when a region gives fresh successes a LOWER log-ratio log p_phi_k - log p_theta than fresh failures.
+BaNEL only helps when a region gives fresh successes a LOWER log-ratio log p_phi_k - log p_ref_k than fresh failures.
 After every round this script draws a fresh sample of the posterior the new region acts on (p_theta filtered by the
 earlier regions) and prints the AUC of that region's log-ratio between failures and successes (1.0: every failure
 scores above every success; 0.5: no discrimination; below 0.5: the region rejects successes preferentially), the
@@ -10,7 +10,7 @@ share of successes and of failures the region rejects, and the posterior's accep
 The toy: 6-letter strings over "abcd" from a small Qwen2 that starts a string with "b" ~2% of the time; a success is
 a string starting with "b".
 
-    python examples/benchmarks/toy_discrimination.py --seeds 0 1 2 --negative_samples round
+    python examples/benchmarks/toy_discrimination.py --seeds 0 1 2
 """
 
 import argparse
@@ -45,7 +45,7 @@ class DiscriminationProbe(BanelCallback):
     def on_round_end(self, args, state, control, trainer, metrics):
         posterior = trainer.posterior
         if posterior.regions[-1].round != metrics["round"]:
-            return  # the round added no region (`reference_min_successes`): nothing new to measure
+            return  # the round added no region (`RegionPolicy.min_successes`): nothing new to measure
         input_ids = torch.full((self.num_samples, 1), self.tokenizer.bos_token_id)
         proposal = posterior.propose(input_ids, torch.ones_like(input_ids), trainer.generation_config)
         earlier, new = proposal.log_ratios[:, :-1], proposal.log_ratios[:, -1]
@@ -82,12 +82,7 @@ def run(seed: int, options) -> dict:
             generation_batch_size=64,
             num_train_epochs=options.epochs,
             learning_rate=options.lr,
-            negative_samples=options.negative_samples,
-            warm_start_negative_model=options.warm_start,
-            threshold_type=options.threshold_type,
             target_rejection_rate=options.target_rejection_rate,
-            filter_factor=options.filter_factor,
-            length_normalize=options.length_normalize,
             report_to="none",
             use_cpu=True,
             disable_tqdm=True,
@@ -130,12 +125,7 @@ def main():
     parser.add_argument("--epochs", type=float, default=5.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--negative_samples", choices=["round", "all"], default="all")
-    parser.add_argument("--warm_start", action="store_true")
-    parser.add_argument("--threshold_type", choices=["calibrated", "filter_factor"], default="calibrated")
     parser.add_argument("--target_rejection_rate", type=float, default=0.5)
-    parser.add_argument("--filter_factor", type=float, default=1.0)
-    parser.add_argument("--length_normalize", action="store_true")
     parser.add_argument("--probe_samples", type=int, default=4000)
     options = parser.parse_args()
     torch.set_num_threads(1)
