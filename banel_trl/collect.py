@@ -71,6 +71,7 @@ class RoundCollector:
         """
         if k in self.ledger.round_ends:
             return self.ledger.round_ends[k]
+        num_lines = len(self.ledger.lines)
         budget = on_main_process(self.accelerator, self._start, k)
         main = self.accelerator is None or self.accelerator.is_main_process
 
@@ -82,7 +83,11 @@ class RoundCollector:
 
         disable_tqdm = self.disable_tqdm or not main
         stats = sample_until(budget, self.max_sampling_attempts, draw, f"Round {k} evaluations", disable_tqdm)
-        return on_main_process(self.accelerator, self._end, k, budget, stats)
+        stats = on_main_process(self.accelerator, self._end, k, budget, stats)
+        lines = on_main_process(self.accelerator, lambda: self.ledger.lines[num_lines:])
+        if not main:  # the other processes' ledgers are replicas of the main one's
+            self.ledger.extend(lines)
+        return stats
 
     def _start(self, k: int) -> int:
         """The round's budget and what it recorded before an interruption (on the main process)."""

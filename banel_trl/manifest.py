@@ -12,7 +12,7 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 
 from .distributed import on_main_process
-from .ledger import LEDGER_NAME, RewardLedger
+from .ledger import EVAL_LEDGER_NAME, LEDGER_NAME, HitsFile, RewardLedger
 from .regions import (
     POSTERIOR_CONFIG_NAME,
     RejectionRegion,
@@ -179,7 +179,8 @@ def open_run_folder(output_dir: str, manifest: dict, force: bool = False, load_w
 def open_run(accelerator, output_dir: str, manifest: dict, force: bool = False, load: bool = True) -> RunFolder:
     """
     [`open_run_folder`] on every process: the main process alone reads (and locks) the files, and sends the others
-    the ledger's lines (their ledger is a replica), the regions, their weights (with `load`) and the logged metrics.
+    the ledger's lines (their ledger is a replica), the regions, their weights (with `load`) and the logged metrics;
+    its ledger writes the run's successes to `successes.jsonl` ([`HitsFile`]).
     """
 
     def read():
@@ -189,8 +190,13 @@ def open_run(accelerator, output_dir: str, manifest: dict, force: bool = False, 
 
     folder = None
     lines, regions, weights, log_history, proposal = on_main_process(accelerator, read)
-    ledger = folder.ledger if folder is not None else RewardLedger.replica(lines)
-    return RunFolder(ledger, regions, weights, proposal, log_history)
+    if folder is None:
+        return RunFolder(RewardLedger.replica(lines), regions, weights, proposal, log_history)
+    # The main process writes the hits as they are paid for, to a file made complete again from the ledgers.
+    folder.ledger.hits = HitsFile(output_dir)
+    eval_ledger = RewardLedger.read(output_dir, EVAL_LEDGER_NAME, missing_ok=True)
+    folder.ledger.hits.rewrite({LEDGER_NAME: folder.ledger, EVAL_LEDGER_NAME: eval_ledger})
+    return folder
 
 
 def _check(

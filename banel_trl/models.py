@@ -7,7 +7,7 @@ import shutil
 import tempfile
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -15,6 +15,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    set_seed,
 )
 from trl.trainer.utils import disable_dropout_in_model
 
@@ -168,6 +169,22 @@ def load_tokenizer(tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedM
         raise ValueError("The tokenizer has neither a pad token nor an EOS token: set `tokenizer.pad_token`.")
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def load_model_stack(
+    model, args, quantization_config, tokenizer: PreTrainedTokenizerBase | None, peft_config: PeftConfig | None
+) -> tuple[PeftModel, PreTrainedTokenizerBase, PeftConfig]:
+    """
+    The run's model stack: `p_theta` (see [`load_proposal`]) checked against `negative_model`, its tokenizer, and the
+    PEFT model that carries the run's adapters (`peft_config`, by default [`default_peft_config`]). Seeds first, as
+    GRPOTrainer does: PEFT initialises adapters randomly.
+    """
+    set_seed(args.seed)
+    model = load_proposal(model, args, quantization_config)
+    check_negative_model(model, args)
+    tokenizer = load_tokenizer(tokenizer, model, args)
+    peft_config = peft_config or default_peft_config(model)
+    return get_peft_model(model, peft_config, adapter_name=region_adapter_name(0)), tokenizer, peft_config
 
 
 def refuse_grpo_only_arguments(optimizers: tuple, **hooks) -> None:

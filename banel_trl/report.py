@@ -214,18 +214,12 @@ def failure_patterns(
     reference `p_ref_k` is `p_theta` or a model of the posterior the failures came from, see [`RejectionRegion`]).
 
     Args:
-        run ([`RunSummary`]):
-            The run, from [`read_run`].
-        posterior ([`BanelPosterior`]):
-            Its posterior, e.g. `BanelPosterior.from_pretrained(output_dir)`.
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            The tokenizer the prompts were encoded with.
+        run, posterior, tokenizer:
+            The run (from [`read_run`]), its posterior and the tokenizer its prompts were encoded with.
         num_failures (`int`, *optional*, defaults to `512`):
-            Failures scored (a seeded random subset when there are more).
+            Failures scored (a random subset from `seed` when there are more).
         top_k (`int`, *optional*, defaults to `5`):
             Failures listed at each end of the ranking.
-        seed (`int`, *optional*, defaults to `0`):
-            Seed of the subset.
 
     Returns:
         `list[dict]`: one entry per region, with its `round`, `threshold`, `rejected_share` (of the scored failures
@@ -371,12 +365,9 @@ def write_report(
     Args:
         output_dir (`str`):
             The `output_dir` of a [`BanelTrainer`] run.
-        posterior ([`BanelPosterior`], *optional*):
-            The run's posterior, for the failure patterns. Loaded from `output_dir` when `None`.
-        tokenizer ([`~transformers.PreTrainedTokenizerBase`], *optional*):
-            The run's tokenizer. Loaded from `output_dir` (where `save_model` puts it) or the base model when `None`.
-        model_name_or_path (`str`, *optional*):
-            The proposal `p_theta` to load the regions onto; defaults to the base model recorded in the folder.
+        posterior, tokenizer, model_name_or_path (*optional*):
+            The run's posterior and tokenizer, for the failure patterns; loaded from `output_dir` onto
+            `model_name_or_path` (by default the base model recorded in the folder) when `None`.
         patterns (`bool`, *optional*, defaults to `True`):
             Score failures under every region (loads the model) to list what the regions reject.
         num_failures (`int`, *optional*, defaults to `512`):
@@ -396,13 +387,9 @@ def write_report(
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            has_tokenizer = os.path.isfile(os.path.join(output_dir, "tokenizer_config.json"))
-            source = (
-                output_dir
-                if has_tokenizer
-                else (model_name_or_path or run.posterior_config["base_model_name_or_path"])
-            )
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            base = model_name_or_path or run.posterior_config["base_model_name_or_path"]
+            saved = os.path.isfile(os.path.join(output_dir, "tokenizer_config.json"))  # where `save_model` puts it
+            tokenizer = AutoTokenizer.from_pretrained(output_dir if saved else base)
         found = failure_patterns(run, posterior, tokenizer, num_failures=num_failures, top_k=top_k)
     report_path = os.path.join(output_dir, REPORT_NAME)
     with open(report_path, "w") as file:

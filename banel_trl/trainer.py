@@ -6,14 +6,13 @@ import time
 from collections.abc import Callable
 
 from datasets import Dataset
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel
 from transformers import (
     BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
-    set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
@@ -25,22 +24,13 @@ from .collect import RoundCollector, round_fell_short
 from .config import BanelConfig
 from .data import prompt_dataset
 from .distillation import DistilledProposal
-from .distributed import on_main_process
 from .evaluation import evaluate_posterior
 from .fitting import ModelFitter
 from .hub import PAPER, TAGS, push_trainer_to_hub, write_model_card
-from .ledger import EVAL_LEDGER_NAME, LEDGER_NAME, HitsFile, RewardLedger
+from .ledger import RewardLedger
 from .manifest import FORCE, open_run, run_manifest
 from .metrics import log_round_completions, reward_metrics, round_metrics
-from .models import (
-    check_negative_model,
-    default_peft_config,
-    load_proposal,
-    load_tokenizer,
-    refuse_grpo_only_arguments,
-    region_adapter_name,
-    save_adapter_as_model,
-)
+from .models import load_model_stack, refuse_grpo_only_arguments, save_adapter_as_model
 from .region_policy import RegionPolicy
 from .regions import BASE_ADAPTER
 from .rewards import RewardEvaluator, RewardFunc, check_reward_weights, load_reward_funcs, reward_func_name
@@ -98,8 +88,7 @@ class BanelTrainer(Trainer):
             the reward functions. For an unconditional generator, use a dataset of empty prompts (`""`): generation
             then starts from the BOS token.
         eval_dataset ([`~datasets.Dataset`], *optional*):
-            Prompts for [`~BanelTrainer.evaluate`], which measures the posterior's success rate. Its reward calls are
-            evaluation, outside the training budget and the ledger.
+            Prompts for [`~BanelTrainer.evaluate`], which measures the posterior's success rate on its own budget.
         processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
             Tokenizer; loaded from the model when `None`. Without a pad token, the EOS token is used.
         reward_processing_classes ([`~transformers.PreTrainedTokenizerBase`] or `list`, *optional*):
@@ -108,16 +97,13 @@ class BanelTrainer(Trainer):
             Trainer callbacks. A [`BanelCallback`] also has `on_round_end(args, state, control, trainer, metrics)`
             called after every BaNEL round.
         optimizers (`tuple`, *optional*, defaults to `(None, None)`):
-            Must stay `(None, None)`: each round trains new adapter parameters, so the optimizer is created per round
-            from `args` (`optim`, `learning_rate`, `lr_scheduler_type`, ...).
+            Must stay `(None, None)`: each fit trains new parameters with an optimizer made from `args`.
         quantization_config ([`~transformers.BitsAndBytesConfig`], *optional*):
-            As in [`~trl.GRPOTrainer`]: quantizes the frozen proposal loaded from `model` (a string), e.g. 4-bit for
-            QLoRA-style negative models on top of it.
+            As in [`~trl.GRPOTrainer`]: quantizes the frozen proposal loaded from `model` (QLoRA-style regions).
         peft_config ([`~peft.PeftConfig`], *optional*):
-            LoRA configuration of the negative models, one adapter per round. Defaults to rank 16 on all linear layers.
+            LoRA of the negative models, one adapter per round. Defaults to rank 16 on all linear layers.
         tools, rollout_func, environment_factory:
-            GRPO's agentic generation hooks. BaNEL samples `p_theta` itself and scores exactly what it sampled, so
-            they are refused when given.
+            GRPO's agentic generation hooks, refused: BaNEL scores exactly what it sampled from `p_theta`.
     """
 
     _tag_names = TAGS
@@ -153,14 +139,9 @@ class BanelTrainer(Trainer):
         if eval_dataset is not None:
             eval_dataset = prompt_dataset(eval_dataset, "eval_dataset", named=True)
 
-        # PEFT initialises adapters randomly: seed first, as GRPOTrainer does, for reproducible runs.
-        set_seed(args.seed)
-        model = load_proposal(model, args, quantization_config)
-        check_negative_model(model, args)
-        processing_class = load_tokenizer(processing_class, model, args)
-
-        self.peft_config = peft_config or default_peft_config(model)
-        model = get_peft_model(model, self.peft_config, adapter_name=region_adapter_name(0))
+        model, processing_class, self.peft_config = load_model_stack(
+            model, args, quantization_config, processing_class, peft_config
+        )
 
         self.reward_funcs, self.reward_processing_classes = load_reward_funcs(
             reward_funcs, reward_processing_classes, args.model_init_kwargs
@@ -175,10 +156,12 @@ class BanelTrainer(Trainer):
             processing_class=processing_class,
             callbacks=callbacks,
         )
-        # The step flow and progress bar of one `Trainer.train` call belong to each fit's own Trainer (`ModelFitter`).
-        for callback in [callback for callback in self.callback_handler.callbacks if is_per_fit(callback)]:
-            if not isinstance(callback, PrinterCallback):  # prints the rounds' logs when tqdm is off
-                self.remove_callback(callback)
+        # The step flow and progress bar of one `Trainer.train` call belong to each fit's own Trainer (`ModelFitter`);
+        # a PrinterCallback stays, to print the rounds' logs when tqdm is off.
+        for callback in [
+            c for c in self.callback_handler.callbacks if is_per_fit(c) and not isinstance(c, PrinterCallback)
+        ]:
+            self.remove_callback(callback)
         self._set_up_sampling(train_dataset, eval_dataset)
         self.ledger = RewardLedger.replica([])  # empty until `train()` opens the run's
         self.fitter = ModelFitter(
@@ -233,10 +216,6 @@ class BanelTrainer(Trainer):
         manifest = run_manifest(self.model, self.processing_class, names, self.args, self.peft_config)
         folder = open_run(self.accelerator, self.args.output_dir, manifest, force, load=not self.posterior.regions)
         self.ledger = folder.ledger
-        if not self.ledger.closed:  # the main process writes the hits as they are paid for, from a complete file
-            self.ledger.hits = HitsFile(self.args.output_dir)
-            eval_ledger = RewardLedger.read(self.args.output_dir, EVAL_LEDGER_NAME, missing_ok=True)
-            self.ledger.hits.rewrite({LEDGER_NAME: self.ledger, EVAL_LEDGER_NAME: eval_ledger})
         self.state.log_history = self.state.log_history or folder.log_history  # a new process: the earlier rounds'
         self.state.global_step = max((entry.get("step", 0) for entry in self.state.log_history), default=0)
         if self.posterior.regions and folder.regions != self.posterior.regions and self.args.should_save:
@@ -313,24 +292,17 @@ class BanelTrainer(Trainer):
         summary = speed_metrics("train", start_time) | ({"train_loss": mean_loss} if fit_losses else {})
         # As GRPO's last log: the reward figures of the last round's paid samples.
         last_round = max((r["round"] for r in self.ledger.records), default=None)
-        rewards = (
-            reward_metrics(self.ledger.paid_in_round(last_round), self.rewards.names) if self.ledger.records else {}
-        )
-        self.log(summary | rewards | metrics)
+        self.log(summary | reward_metrics(self.ledger.paid_in_round(last_round), self.rewards.names) | metrics)
         self._save_state()
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         return TrainOutput(self.state.global_step, mean_loss, metrics)
 
     def _collect_round(self, k: int) -> dict:
-        """Steps 1-2 of round `k`: every process proposes, the main one pays and sends the others its ledger lines."""
-        num_lines = len(self.ledger.lines)
+        """Steps 1-2 of round `k`, from the round's seed: every process proposes, the main one pays."""
         self.sampler.reseed(self.args.seed + k, own_stream=True)
-        collector = RoundCollector(self.sampler, self.ledger, self.rewards, self.args, self.accelerator)
-        stats = collector.collect(k, self.state)
-        lines = on_main_process(self.accelerator, lambda: self.ledger.lines[num_lines:])
-        if not self.accelerator.is_main_process:
-            self.ledger.extend(lines)
-        return stats
+        return RoundCollector(self.sampler, self.ledger, self.rewards, self.args, self.accelerator).collect(
+            k, self.state
+        )
 
     # ------------------------------------------------------------------ logging, evaluation, saving
 
@@ -374,8 +346,7 @@ class BanelTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
 
-    def _save_state(self) -> None:
-        """The logged figures (per round, for `banel-trl report`), in `trainer_state.json` next to the ledger."""
+    def _save_state(self) -> None:  # the logged figures (per round, for `banel-trl report`)
         if self.args.should_save:
             self.state.save_to_json(os.path.join(self.args.output_dir, TRAINER_STATE_NAME))
 
