@@ -1,6 +1,6 @@
 """Configuration of the [`BanelTrainer`]."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
@@ -35,20 +35,6 @@ POSITIVE_INTS = (
     "per_device_eval_batch_size",
     "distillation_samples",
 )
-# The settings inherited from TrainingArguments that decide what a run fits: recorded in the run's manifest with the
-# fields of BanelConfig whose metadata says `recorded` (a resume that changes one is not the same run).
-RECORDED_TRAINING_ARGUMENTS = (
-    "seed",
-    "world_size",  # each process samples its own stream: another number of processes draws other candidates
-    "max_steps",
-    "gradient_accumulation_steps",
-    "optim",
-    "lr_scheduler_type",
-    "weight_decay",
-    "warmup_steps",
-    "max_grad_norm",
-    "full_determinism",
-)
 
 
 @dataclass
@@ -59,8 +45,9 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     BaNEL spends a hard budget of reward evaluations (NREs) in rounds. Each round samples candidates from the current
     posterior, pays one NRE per accepted and never-seen candidate, fits a fresh LoRA negative model `p_phi_k` on the
     failures, and adds the rejection region `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold_k}`. The reference
-    `p_ref_k` is `p_theta` for round 0 and, from round 1 on with `reference_model="posterior"` (the default), a LoRA
-    fit the same way on unevaluated samples of the posterior the failures came from (with `"proposal"`, `p_theta`).
+    `p_ref_k` is `p_theta` for round 0 and, from round 1 on, a LoRA fit the same way on unevaluated samples of the
+    posterior the failures came from; the next round's paid samples keep, relax or retract each region (see
+    [`RegionPolicy`], whose constants are the method's).
 
     The optimisation arguments inherited from [`~transformers.TrainingArguments`] (`learning_rate`,
     `num_train_epochs`, `per_device_train_batch_size`, `gradient_accumulation_steps`, `lr_scheduler_type`, `optim`,
@@ -186,6 +173,44 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     > - `remove_unused_columns`: Defaults to `False` instead of `True`.
     """
 
+    # The settings that decide what a run samples, pays for and fits: its manifest records them, and a resume that
+    # changes one is not the same run (`max_sampling_attempts`, `num_rounds`, logging and saving may change).
+    _RECORDED_FIELDS = [
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "samples_per_round",
+        "success_threshold",
+        "reward_weights",
+        "disable_dropout",
+        "target_rejection_rate",
+        "first_region_rejection_rate",
+        "negative_model",
+        "negative_model_config",
+        "distill_posterior",
+        "distillation_samples",
+        "num_generations",
+        "generation_batch_size",
+        "shuffle_dataset",
+        "max_completion_length",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "generation_kwargs",
+        "chat_template_kwargs",
+        "seed",
+        "world_size",  # each process samples its own stream: another number of processes draws other candidates
+        "max_steps",
+        "gradient_accumulation_steps",
+        "optim",
+        "lr_scheduler_type",
+        "weight_decay",
+        "warmup_steps",
+        "max_grad_norm",
+        "full_determinism",
+    ]
     _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + [
         "model_init_kwargs",
         "generation_kwargs",
@@ -196,15 +221,15 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     # Defaults of TrainingArguments that BaNEL changes: each round fits a small LoRA on a few hundred sequences.
     learning_rate: float = field(
         default=1e-3,
-        metadata={"recorded": True, "help": "Learning rate of the negative model's LoRA fit, per round."},
+        metadata={"help": "Learning rate of the negative model's LoRA fit, per round."},
     )
     num_train_epochs: float = field(
         default=5.0,
-        metadata={"recorded": True, "help": "Epochs of the negative model's fit per round: more compute, same NREs."},
+        metadata={"help": "Epochs of the negative model's fit per round: more compute, same NREs."},
     )
     per_device_train_batch_size: int = field(
         default=64,
-        metadata={"recorded": True, "help": "Batch size per device of the negative model's fit."},
+        metadata={"help": "Batch size per device of the negative model's fit."},
     )
     per_device_eval_batch_size: int = field(
         default=64,
@@ -234,7 +259,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     samples_per_round: int | None = field(
         default=None,
         metadata={
-            "recorded": True,
             "help": "NREs spent per round (accepted, never-seen candidates evaluated before each fit). Defaults to "
             "ceil(max_reward_evaluations / num_rounds).",
         },
@@ -255,11 +279,11 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     )
     success_threshold: float = field(
         default=1.0,
-        metadata={"recorded": True, "help": "A sample succeeds when its weighted reward reaches this value."},
+        metadata={"help": "A sample succeeds when its weighted reward reaches this value."},
     )
     reward_weights: list[float] | None = field(
         default=None,
-        metadata={"recorded": True, "help": "Weights of the reward functions. Defaults to 1 for each."},
+        metadata={"help": "Weights of the reward functions. Defaults to 1 for each."},
     )
     multi_objective_aggregation: str = field(
         default="sum_then_normalize",
@@ -281,7 +305,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     disable_dropout: bool = field(
         default=False,
         metadata={
-            "recorded": True,
             "help": "Set p_theta's dropout to 0, so the negative fits learn the likelihoods the regions score.",
         },
     )
@@ -301,7 +324,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         metadata={
             "help": "Fraction of fresh failures each region after the first rejects, in (0, 1). Each region divides "
             "the acceptance by 1 / (1 - rate): lower it for runs of more than two rounds.",
-            "recorded": True,
         },
     )
     first_region_rejection_rate: float | None = field(
@@ -310,7 +332,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
             "help": "Fraction of fresh failures the first region (fit on p_theta's own samples) rejects, in (0, 1); "
             "None: target_rejection_rate. A deep cut keeps only successes that are atypical samples of p_theta: use "
             "0.5 when they may look typical.",
-            "recorded": True,
         },
     )
     negative_model: str = field(
@@ -318,14 +339,12 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         metadata={
             "help": "Each region's negative model: 'lora', an adapter beside the frozen proposal; 'copy', a full "
             "fine-tune of a copy of it; 'scratch', its architecture trained from random weights on the failures.",
-            "recorded": True,
         },
     )
     negative_model_config: dict[str, Any] | str | None = field(
         default=None,
         metadata={
             "help": "With negative_model='scratch', overrides of p_theta's config: a smaller negative model.",
-            "recorded": True,
         },
     )
 
@@ -335,7 +354,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         metadata={
             "help": "After each round, fit a LoRA proposal on unevaluated posterior samples and sample the next round "
             "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter.",
-            "recorded": True,
         },
     )
     distillation_samples: int = field(
@@ -343,7 +361,6 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         metadata={
             "help": "Unevaluated posterior samples each distillation is fit on (no NRE). Too few blur away the "
             "successes of a posterior that holds few of them.",
-            "recorded": True,
         },
     )
 
@@ -380,9 +397,3 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         self.check_vllm_arguments()
         check_values(self)
         check_distillation_memory(self)
-
-    @classmethod
-    def recorded_settings(cls) -> tuple[str, ...]:
-        """The settings a run's manifest records: the fields marked `recorded` and `RECORDED_TRAINING_ARGUMENTS`."""
-        own = tuple(f.name for f in fields(cls) if f.metadata.get("recorded"))
-        return own + RECORDED_TRAINING_ARGUMENTS

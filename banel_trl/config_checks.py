@@ -267,6 +267,11 @@ def check_values(args) -> None:
     for name in ["target_rejection_rate", "first_region_rejection_rate"]:
         if getattr(args, name) is not None and not 0.0 < getattr(args, name) < 1.0:
             raise ValueError(f"`{name}` must be in (0, 1), got {getattr(args, name)}.")
+    if args.do_eval and args.max_eval_reward_evaluations is None:
+        raise ValueError(
+            "`do_eval` measures the posterior with the reward functions after training, which costs reward calls: "
+            "set `max_eval_reward_evaluations`, their own budget (or drop `do_eval`)."
+        )
     if args.max_eval_reward_evaluations is not None and args.max_eval_reward_evaluations < 0:
         raise ValueError(
             f"`max_eval_reward_evaluations` must be >= 0 or None, got {args.max_eval_reward_evaluations}."

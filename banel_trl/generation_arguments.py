@@ -41,7 +41,7 @@ class GenerationArguments:
 
     num_generations: int = field(
         default=8,
-        metadata={"recorded": True, "help": "Completions sampled per prompt in a generation batch."},
+        metadata={"help": "Completions sampled per prompt in a generation batch."},
     )
     num_generations_eval: int | None = field(
         default=None,
@@ -52,7 +52,6 @@ class GenerationArguments:
     generation_batch_size: int | None = field(
         default=None,
         metadata={
-            "recorded": True,
             "help": "Candidates proposed per call to generate, a multiple of num_generations. Defaults to "
             "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64.",
         },
@@ -64,47 +63,42 @@ class GenerationArguments:
     shuffle_dataset: bool = field(
         default=True,
         metadata={
-            "recorded": True,
             "help": "Shuffle each round's prompts from its seed (reproducible); False: in dataset order, cycling.",
         },
     )
     max_completion_length: int = field(
         default=256,
-        metadata={"recorded": True, "help": "Maximum length of a completion, in tokens."},
+        metadata={"help": "Maximum length of a completion, in tokens."},
     )
     temperature: float = field(
         default=1.0,
         metadata={
-            "recorded": True,
             "help": "Sampling temperature; also scales the logits of every likelihood BaNEL computes.",
         },
     )
     top_p: float = field(
         default=1.0,
         metadata={
-            "recorded": True,
             "help": "Nucleus sampling: cumulative probability of the tokens kept. Must be in (0, 1].",
         },
     )
     top_k: int = field(
         default=0,
-        metadata={"recorded": True, "help": "Top-k filtering of the proposal; 0 disables it."},
+        metadata={"help": "Top-k filtering of the proposal; 0 disables it."},
     )
     min_p: float | None = field(
         default=None,
         metadata={
-            "recorded": True,
             "help": "Minimum token probability, scaled by the probability of the most likely token.",
         },
     )
     repetition_penalty: float = field(
         default=1.0,
-        metadata={"recorded": True, "help": "Penalty on tokens already present in the prompt and completion."},
+        metadata={"help": "Penalty on tokens already present in the prompt and completion."},
     )
     generation_kwargs: dict | str | None = field(
         default=None,
         metadata={
-            "recorded": True,
             "help": "Extra keyword arguments for transformers.GenerationConfig (vLLM's SamplingParams with use_vllm); "
             "they override the above.",
         },
@@ -112,7 +106,6 @@ class GenerationArguments:
     chat_template_kwargs: dict | str | None = field(
         default=None,
         metadata={
-            "recorded": True,
             "help": "Extra keyword arguments for apply_chat_template on conversational prompts.",
         },
     )

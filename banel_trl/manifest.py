@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "banel_run.json"
 FORCE = "force"  # `train(resume_from_checkpoint=FORCE)`: resume although the settings differ from the manifest's
-# The settings that decide what a run samples, pays for and fits (`BanelConfig.recorded_settings`) are recorded: a
+# The settings that decide what a run samples, pays for and fits (`BanelConfig._RECORDED_FIELDS`) are recorded: a
 # resume that changes one is not the same run. `max_sampling_attempts`, `num_rounds`, logging and saving may change;
 # the budget may go up.
 LORA_SETTINGS = ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora")
@@ -81,7 +81,7 @@ def run_manifest(model: torch.nn.Module, tokenizer, reward_names: list[str], arg
     """
     What makes a run the run it is: the proposal `p_theta` (id and weights, see [`weight_fingerprint`]), the tokenizer
     (vocabulary and chat template), the reward functions' names, the budget, the LoRA of the negative models and the
-    settings of `args` that change what is sampled, paid for or fit (`BanelConfig.recorded_settings`). JSON, written to
+    settings of `args` that change what is sampled, paid for or fit (`BanelConfig._RECORDED_FIELDS`). JSON, written to
     `banel_run.json` by the run's first `train()`.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -92,7 +92,7 @@ def run_manifest(model: torch.nn.Module, tokenizer, reward_names: list[str], arg
         "chat_template_sha256": _sha256(getattr(tokenizer, "chat_template", None)),
         "reward_funcs": list(reward_names),
         "max_reward_evaluations": args.max_reward_evaluations,
-        **{name: getattr(args, name) for name in args.recorded_settings()},
+        **{name: getattr(args, name) for name in args._RECORDED_FIELDS},
         "peft_config": {name: getattr(peft_config, name, None) for name in LORA_SETTINGS},
     }
     return json.loads(json.dumps(manifest, default=_plain, sort_keys=True))

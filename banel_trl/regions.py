@@ -20,7 +20,7 @@ class RejectionRegion:
     """
     `R_k = {x : log p_phi_k(x) - log p_ref_k(x) > threshold}`. `p_phi_k` is the LoRA adapter `adapter_name`, the
     negative model. `p_ref_k` is `p_theta` (`reference_adapter=BASE_ADAPTER`) or the LoRA adapter `reference_adapter`,
-    a model of the posterior the negatives were drawn from (see `BanelConfig.reference_model`). With `separate`, both
+    a model of the posterior the negatives were drawn from (see [`RegionPolicy`]). With `separate`, both
     name separate models instead (see `BanelConfig.negative_model`), saved whole in the posterior's folder. `proposal`
     is the model whose samples the region was fit on: `p_theta`, or a distilled proposal (see
     `BanelConfig.distill_posterior`).

@@ -81,8 +81,7 @@ def _measure_posterior(demo_args: DemoArguments, training_args: BanelConfig, tra
             f"{error} The run is saved in {training_args.output_dir}: `banel-trl report {training_args.output_dir}` "
             "shows the acceptance rate per round. See docs/troubleshooting.md, 'Acceptance collapse'."
         ) from None
-    num_samples = metrics["eval_num_samples"]
-    successes = round(metrics["eval_success_rate"] * num_samples)
+    num_samples, successes = metrics["eval_num_samples"], metrics["eval_num_successes"]
     ci = clopper_pearson(successes, num_samples)
     print(
         f"BaNEL posterior: success rate {metrics['eval_success_rate']:.2e} (95% CI [{ci[0]:.1e}, "
@@ -124,7 +123,7 @@ def main(demo_args: DemoArguments, training_args: BanelConfig) -> dict:
     trainer.save_model()
     print(
         f"BaNEL used {trainer.num_reward_evaluations} reward evaluations and found {len(trainer.successes)} "
-        f"successes (recorded, never trained on); {len(trainer.posterior.regions)} regions.",
+        f"successes (recorded, never trained on); regions: {len(trainer.posterior.regions)}.",
         flush=True,
     )
 

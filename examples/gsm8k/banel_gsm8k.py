@@ -92,7 +92,7 @@ class SuccessRateCurve(BanelCallback):
 
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
         if trainer.posterior.regions[-1].round != metrics["round"]:
-            # The round added no region (`reference_min_successes`): the posterior is the one just measured, and
+            # The round added no region (too few successes, see `RegionPolicy`): the posterior is the one just measured, and
             # measuring it again would only cost reward calls.
             point = {**self.points[-1], "round": metrics["round"], "nre_used": trainer.num_reward_evaluations}
         else:
@@ -109,8 +109,7 @@ def measure(trainer: BanelTrainer, eval_dataset: Dataset, round_index: int, best
         logger.warning(f"Round {round_index}: the posterior could not be sampled ({error}); not measured.")
         point.update(success_rate=None, ci=None, num_samples=0)
     else:
-        num_samples = metrics["eval_num_samples"]
-        successes = round(metrics["eval_success_rate"] * num_samples)
+        num_samples, successes = metrics["eval_num_samples"], metrics["eval_num_successes"]
         point.update(
             success_rate=successes / num_samples, ci=clopper_pearson(successes, num_samples), num_samples=num_samples
         )
