@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from datasets import Dataset
 from huggingface_hub import HfApi
+from huggingface_hub.utils import filter_repo_objects
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.ledger import EVAL_LEDGER_NAME, HITS_NAME, LEDGER_NAME, RewardLedger, read_hits, sample_key
@@ -43,22 +44,23 @@ def test_evaluation_pays_from_its_own_budget_once_per_sample_and_is_counted_apar
     make_proposal, tokenizer, make_config
 ):
     oracle = CountingOracle()
-    args = make_config(max_reward_evaluations=100, max_eval_reward_evaluations=60, num_generations_eval=32)
+    # One round (one region): its posterior accepts a few percent, and is sampled in seconds.
+    args = make_config(max_reward_evaluations=50, max_eval_reward_evaluations=40, num_generations_eval=16)
     trainer = make_trainer(make_proposal, tokenizer, args, oracle)
     trainer.train()
-    eval_dataset = Dataset.from_dict({"prompt": [""] * 4})  # 128 samples asked for, more than the budget
+    eval_dataset = Dataset.from_dict({"prompt": [""] * 4})  # 64 samples asked for, more than the budget
     first = trainer.evaluate(eval_dataset)
     second = trainer.evaluate(eval_dataset)  # the budget is spent: only samples whose reward is known are measured
 
     training = RewardLedger.read(args.output_dir)
     evaluation = RewardLedger.read(args.output_dir, EVAL_LEDGER_NAME)
-    assert len(oracle.keys) == len(training) + len(evaluation) == 100 + first["eval_reward_evaluations"]
+    assert len(oracle.keys) == len(training) + len(evaluation) == 50 + first["eval_reward_evaluations"]
     assert len(oracle.keys) == len(set(oracle.keys))  # no sample paid twice, across training and evaluation
     assert first["eval_reward_evaluations"] + first["eval_known_rewards"] == first["eval_num_samples"]
-    assert len(evaluation) <= 60 and first["eval_reward_evaluations_left"] == 60 - len(evaluation)
+    assert len(evaluation) <= 40 and first["eval_reward_evaluations_left"] == 40 - len(evaluation)
     assert second["eval_reward_evaluations"] == 0 and second["eval_num_samples"] == second["eval_known_rewards"]
     run = read_run(args.output_dir)
-    assert (len(run.records), run.eval_evaluations) == (100, len(evaluation))  # the report keeps them apart
+    assert (len(run.records), run.eval_evaluations) == (50, len(evaluation))  # the report keeps them apart
 
 
 def test_evaluate_without_an_evaluation_budget_is_refused_before_any_reward_call(
@@ -87,20 +89,23 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _child(model, tokenizer, output_dir, settings, oracle_path, kill_at_eval_write):
-    """Train (or resume) and evaluate; with `kill_at_eval_write = n`, die right after the n-th evaluation write."""
-    write, count = RewardLedger._write, {"eval": 0}
+def _child(model, tokenizer, output_dir, settings, oracle_path, kill):
+    """
+    Train (or resume) and evaluate; `kill` dies at the first evaluation batch: in the reward call once it is paid
+    (`"in_reward"`: its results never reach the ledger) or right after its ledger write (`"after_write"`).
+    """
+    write, evaluating = RewardLedger._write, []
 
     def hooked_write(self, lines):
         write(self, lines)
-        if lines and self.path.endswith(EVAL_LEDGER_NAME):
-            count["eval"] += 1
-            if count["eval"] == kill_at_eval_write:
-                _die()
+        if kill == "after_write" and lines and self.path.endswith(EVAL_LEDGER_NAME):
+            _die()
 
     def oracle(prompts, completions, **kwargs):
         with open(oracle_path, "a") as file:
             file.write(json.dumps([sample_key(p, c) for p, c in zip(prompts, completions, strict=True)]) + "\n")
+        if kill == "in_reward" and evaluating:
+            _die()
         return starts_with_b(completions)
 
     RewardLedger._write = hooked_write
@@ -112,14 +117,15 @@ def _child(model, tokenizer, output_dir, settings, oracle_path, kill_at_eval_wri
         processing_class=tokenizer,
     )
     trainer.train()
-    trainer.evaluate(Dataset.from_dict({"prompt": [""] * 4}))
+    evaluating.append(True)
+    trainer.evaluate(Dataset.from_dict({"prompt": [""] * 2}))
 
 
-@pytest.mark.parametrize("kill_at_eval_write", [1, 2])
+@pytest.mark.parametrize("kill", ["in_reward", "after_write"])
 def test_a_kill_during_evaluation_loses_no_record_and_every_hit_is_in_the_hits_file_once(
-    make_proposal, tokenizer, make_config, tmp_path, kill_at_eval_write
+    make_proposal, tokenizer, make_config, tmp_path, kill
 ):
-    args = make_config(max_reward_evaluations=100, max_eval_reward_evaluations=100, num_generations_eval=16)
+    args = make_config(max_reward_evaluations=50, max_eval_reward_evaluations=100, num_generations_eval=16)
     settings = {
         key: getattr(args, key)
         for key in ("max_reward_evaluations", "samples_per_round", "max_completion_length", "num_generations",
@@ -128,21 +134,26 @@ def test_a_kill_during_evaluation_loses_no_record_and_every_hit_is_in_the_hits_f
     }  # fmt: skip
     output_dir, oracle_path = str(tmp_path / "run"), str(tmp_path / "oracle.jsonl")
     context = multiprocessing.get_context("fork")
-    for kill in (kill_at_eval_write, None):
+    for run in (kill, None):
         child = context.Process(
-            target=_child, args=(make_proposal(), tokenizer, output_dir, settings, oracle_path, kill)
+            target=_child, args=(make_proposal(), tokenizer, output_dir, settings, oracle_path, run)
         )
         child.start()
         child.join(300)
-        assert child.exitcode == (-signal.SIGKILL if kill else 0)
-        if kill:
-            killed_records = RewardLedger.read(output_dir, EVAL_LEDGER_NAME).lines
+        assert child.exitcode == (-signal.SIGKILL if run else 0)
+        if run:
+            killed_records = RewardLedger.read(output_dir, EVAL_LEDGER_NAME, missing_ok=True).lines
+            with open(oracle_path) as file:
+                in_flight = set(json.loads(file.read().split("\n")[-2])) if run == "in_reward" else set()
 
     evaluation = RewardLedger.read(output_dir, EVAL_LEDGER_NAME)
     assert evaluation.lines[: len(killed_records)] == killed_records  # what the killed run recorded is all there
+    assert (kill == "after_write") == bool(killed_records)
     with open(oracle_path) as file:
         paid = [key for line in file for key in json.loads(line)]
-    assert len(paid) == len(set(paid)) == len(RewardLedger.read(output_dir)) + len(evaluation)  # none paid twice
+    twice = {key for key in paid if paid.count(key) > 1}
+    assert twice <= in_flight  # only a batch killed between its reward call and its ledger write is paid again
+    assert len(set(paid)) == len(RewardLedger.read(output_dir)) + len(evaluation)  # each recorded once
     with open(os.path.join(output_dir, HITS_NAME)) as file:
         hits = [json.loads(line) for line in file]
     successes = [r for name in (LEDGER_NAME, EVAL_LEDGER_NAME) for r in RewardLedger.read(output_dir, name).records]
@@ -157,18 +168,28 @@ def test_a_kill_during_evaluation_loses_no_record_and_every_hit_is_in_the_hits_f
 
 @pytest.fixture
 def hub_commits(monkeypatch):
-    """The Hub at the commit call: `upload_folder` lists and filters the files as it does, nothing leaves."""
+    """
+    The Hub, faked at `upload_folder`: it lists the folder's files and drops the ignored ones with `huggingface_hub`'s
+    own filter (`filter_repo_objects`, as the real upload does), records what would leave, and sends nothing.
+    """
     commits = []
 
     def create_repo(self, repo_id, **kwargs):
         return SimpleNamespace(repo_id=repo_id)
 
-    def create_commit(self, repo_id, operations, **kwargs):
-        commits.append(sorted(operation.path_in_repo for operation in operations))
-        return SimpleNamespace(repo_id=repo_id, oid="0" * 40, commit_url="", pr_url=None)
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=None, allow_patterns=None, **kwargs):
+        files = [
+            os.path.relpath(os.path.join(root, name), folder_path)
+            for root, _, names in os.walk(folder_path)
+            for name in names
+        ]
+        commits.append(
+            sorted(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
+        )
+        return SimpleNamespace(repo_id=repo_id)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     return commits
 
 
@@ -209,18 +230,17 @@ def test_a_resumed_run_logs_every_round_as_the_uninterrupted_run(
         starts_with_b,
     )
     whole.train()
-    crashing = make_trainer(make_proposal, tokenizer, make_config(**settings), starts_with_b)
-    fit, calls = crashing.fitter.fit_adapter, []
 
-    def crash_at_second_fit(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 2:
+    def crash_in_round_2(completions, **kwargs):  # after round 1 changed round 0's region, whose save lists it
+        if 1 in crashing.ledger.round_ends:
             raise KeyboardInterrupt
-        return fit(*args, **kwargs)
+        return starts_with_b(completions)
 
-    crashing.fitter.fit_adapter = crash_at_second_fit
+    crash_in_round_2.__name__ = "starts_with_b"  # the same reward, as the run's manifest names it
+    crashing = make_trainer(make_proposal, tokenizer, make_config(**settings), crash_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         crashing.train()
+    assert [r.reviewed_round for r in crashing.posterior.regions] == [1]  # the case that lost round 1's metrics
     resumed = make_trainer(make_proposal, tokenizer, make_config(**settings), starts_with_b)
     resumed.train()
     assert logged_rounds(resumed) == logged_rounds(whole)

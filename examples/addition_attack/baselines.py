@@ -25,12 +25,14 @@ class MeteredReward:
     The task reward, counting every evaluation (one NRE per generation) and recording the success rate of each batch.
     As a GRPO reward function it returns the task reward; `bonus` makes it return a novelty bonus instead (0 for an
     invalid query), with each success's bonus replaced by the mean of its group's failures so that a success carries
-    no advantage.
+    no advantage. `is_valid` says which completions may earn a bonus (default: a well-formed addition query), so that
+    other tasks (examples/molecules) reuse the harness.
     """
 
-    def __init__(self, reward, bonus=None):
+    def __init__(self, reward, bonus=None, is_valid=None):
         self.reward = reward
         self.bonus = bonus
+        self.is_valid = is_valid or (lambda completion: parse_query(completion) is not None)
         self.__name__ = reward.__name__ if bonus is None else type(bonus).__name__
         self.nre = 0
         self.curve = []  # (NREs so far, success rate of this batch)
@@ -44,7 +46,7 @@ class MeteredReward:
         if self.bonus is None:
             return rewards
         # Syntax is free to check: an invalid query earns no bonus, else novelty alone drives the attacker off-format.
-        valid = [parse_query(completion) is not None for completion in completions]
+        valid = [self.is_valid(completion) for completion in completions]
         bonus = [b if ok else 0.0 for b, ok in zip(self.bonus(completions), valid, strict=True)]
         for start in range(0, len(bonus), NUM_GENERATIONS):
             group = range(start, start + NUM_GENERATIONS)
@@ -67,11 +69,15 @@ def one_hot_queries(queries: list[str], width: int = 2 * task.MAX_DIGITS + 2) ->
 
 
 class RNDBonus:
-    """Random network distillation: the error of a predictor trained online to match a fixed random network."""
+    """
+    Random network distillation: the error of a predictor trained online to match a fixed random network, on the
+    features `featurize` gives a batch of completions (default: the one-hot characters of an addition query).
+    """
 
-    def __init__(self, seed: int, hidden: int = 128, out: int = 32, lr: float = 1e-3):
+    def __init__(self, seed: int, hidden: int = 128, out: int = 32, lr: float = 1e-3, featurize=one_hot_queries):
         generator = torch.Generator().manual_seed(seed)
-        inputs = one_hot_queries([""]).size(1)
+        self.featurize = featurize
+        inputs = featurize([""]).size(1)
 
         def network():
             layers = [torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, out)]
@@ -84,7 +90,7 @@ class RNDBonus:
         self.optimizer = torch.optim.Adam(self.predictor.parameters(), lr=lr)
 
     def __call__(self, completions: list[str]) -> list[float]:
-        features = one_hot_queries(completions)
+        features = self.featurize(completions)
         errors = (self.predictor(features) - self.target(features)).pow(2).mean(dim=1)
         self.optimizer.zero_grad()
         errors.mean().backward()
