@@ -26,7 +26,7 @@ class EvaluationCounts:
     samples: int = 0
     successes: int = 0
     paid: int = 0
-    known: int = 0  # samples whose reward the training or evaluation ledger held already: no reward call
+    known: int = 0  # samples measured without a reward call of their own (known to a ledger, or drawn twice)
     budget_spent: bool = False
 
 
@@ -61,32 +61,33 @@ class PaidEvaluation:
         return next((r for ledger in self.ledgers if (r := ledger.lookup(prompt, completion)) is not None), None)
 
     def measure(self, samples: list[tuple[dict, list[int]]]) -> EvaluationCounts:
-        """Measure a batch of samples `(example, completion_ids)`; returns the counts so far."""
-        counts, to_pay, keys = self.counts, [], set()
+        """
+        Measure a batch of samples `(example, completion_ids)`: a sample whose reward a ledger knows is counted as it
+        is, the others are paid once each within the budget (a second draw of one counts once it is paid), and those
+        beyond the budget are left unmeasured. Returns the counts so far.
+        """
+        counts, to_pay, waiting = self.counts, {}, []
         for example, completion_ids in samples:
             completion = self.tokenizer.decode(completion_ids, skip_special_tokens=True)
-            record = self._known(example["prompt"], completion)
-            if record is not None:
-                counts.samples, counts.known, counts.successes = (
-                    counts.samples + 1,
-                    counts.known + 1,
-                    counts.successes + record["success"],
-                )
-            elif sample_key(example["prompt"], completion) not in keys:
-                if len(self.eval_ledger) + len(to_pay) >= self.budget:
-                    counts.budget_spent = True
-                    continue
-                keys.add(sample_key(example["prompt"], completion))
-                to_pay.append((example, completion_ids))
+            if self._known(example["prompt"], completion) is not None:
+                waiting.append((example["prompt"], completion))
+            elif (key := sample_key(example["prompt"], completion)) in to_pay:
+                waiting.append((example["prompt"], completion))  # drawn twice in the batch: paid once, counted twice
+            elif len(self.eval_ledger) + len(to_pay) < self.budget:
+                to_pay[key] = (example, completion_ids)
+                waiting.append((example["prompt"], completion))
+            else:
+                counts.budget_spent = True
+        num_records = len(self.eval_ledger)
         if to_pay:
-            num_records = len(self.eval_ledger)
-            pay_and_record(
-                self.eval_ledger, self.rewards, self.tokenizer, self.round_index, to_pay, self.trainer_state
-            )
-            paid = self.eval_ledger.records[num_records:]
-            counts.paid += len(paid)
-            counts.samples += len(paid)
-            counts.successes += sum(r["success"] for r in paid)
+            rewards, tokenizer, k = self.rewards, self.tokenizer, self.round_index
+            pay_and_record(self.eval_ledger, rewards, tokenizer, k, list(to_pay.values()), self.trainer_state)
+        counts.paid += len(self.eval_ledger) - num_records
+        for prompt, completion in waiting:
+            record = self._known(prompt, completion)
+            if record is not None:  # None: its batch's reward call raised before it was recorded
+                counts.samples, counts.successes = counts.samples + 1, counts.successes + record["success"]
+        counts.known = counts.samples - counts.paid
         return counts
 
 

@@ -36,9 +36,12 @@ def _rate(successes: int, samples: int) -> str:
 
 
 def _run_figures(
-    run: RunSummary, max_reward_evaluations: int | None, max_successes: int
+    run: RunSummary, max_reward_evaluations: int | None, max_successes: int, run_records_uploaded: bool
 ) -> tuple[list[tuple], list[list], list[str]]:
-    """A run's lines of the card's summary table, rows of its rounds table, and its listed successes."""
+    """
+    A run's lines of the card's summary table, rows of its rounds table, and its listed successes (none when the
+    run's records are not uploaded with the card).
+    """
     used = len(run.records)
     summary = [
         (
@@ -83,6 +86,10 @@ def _run_figures(
         ]
         for r in sampled
     ]
+    uploaded = "uploaded with the model" if run_records_uploaded else "not uploaded (kept in the run's folder)"
+    summary.append((f"Run records ({', '.join(RUN_RECORDS)})", uploaded))
+    if not run_records_uploaded:
+        return summary, rounds, []
     successes = [f"round {r['round']}: `{r['completion']!r}`" for r in run.successes[:max_successes]]
     if len(run.successes) > max_successes:
         successes.append(f"... and {len(run.successes) - max_successes} more.")
@@ -166,11 +173,8 @@ def generate_banel_model_card(
     summary = [("Base model `p_theta`", f"`{base_model}`"), regions_row]
     rounds, successes = [], []
     if os.path.isfile(os.path.join(output_dir, LEDGER_NAME)):
-        run_summary, rounds, successes = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes)
-        summary += run_summary
-        uploaded = "uploaded with the model" if run_records_uploaded else "not uploaded (kept in the run's folder)"
-        summary.append((f"Run records ({', '.join(RUN_RECORDS)})", uploaded))
-        successes = successes if run_records_uploaded else []
+        figures = _run_figures(read_run(output_dir), max_reward_evaluations, max_successes, run_records_uploaded)
+        summary, rounds, successes = summary + figures[0], figures[1], figures[2]
     card_data = ModelCardData(
         base_model=base_model if base_model_on_hub else None,
         datasets=dataset_name,
@@ -178,10 +182,9 @@ def generate_banel_model_card(
         model_name=model_name,
         tags=["generated_from_trainer", *dict.fromkeys([*TAGS, *(tags or [])])],
     )
-    template = importlib.resources.files("banel_trl.templates").joinpath(MODEL_CARD_TEMPLATE)
     return ModelCard.from_template(
         card_data,
-        template_path=str(template),
+        template_path=str(importlib.resources.files("banel_trl.templates").joinpath(MODEL_CARD_TEMPLATE)),
         model_name=model_name,
         hub_model_id=hub_model_id,
         base_model=base_model,
