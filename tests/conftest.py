@@ -5,17 +5,39 @@ import torch
 from datasets import Dataset
 
 from banel_trl import BanelConfig, BanelTrainer
+from banel_trl.region_policy import RegionPolicy
 from banel_trl.testing import rare_b_proposal
 
 
 # The toy task: 6-character strings over "abcd". The proposal learned that strings rarely start with "b" (~2%);
 # a success is a string that does. Successes are thus rare and structurally unlike the common failures.
 LENGTH = 6
+# The region policy's shipped constants, read before any fixture changes them.
+SHIPPED_POLICY = {"min_successes": RegionPolicy.min_successes, "review_p_value": RegionPolicy.review_p_value}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def single_thread():
     torch.set_num_threads(1)  # 2-core CI machines: threads only contend
+
+
+@pytest.fixture(autouse=True)
+def every_region_added_and_kept(monkeypatch):
+    """
+    Toy rounds find ~1 success in 50: without this, from round 1 on a round adds no region (fewer than
+    `RegionPolicy.min_successes` successes) and the next round's review retracts or relaxes the previous one. Every
+    round adds its region and keeps it, so that tests see the regions' mechanics; tests of the evidence that adds,
+    keeps, relaxes or retracts a region (tests/test_retraction.py) set the policy's constants back with monkeypatch.
+    """
+    monkeypatch.setattr(RegionPolicy, "min_successes", 0)
+    monkeypatch.setattr(RegionPolicy, "review_p_value", None)
+
+
+@pytest.fixture
+def shipped_policy(every_region_added_and_kept, monkeypatch):
+    """The region policy's shipped constants (`min_successes`, `review_p_value`), for the tests of the evidence."""
+    for name, value in SHIPPED_POLICY.items():
+        monkeypatch.setattr(RegionPolicy, name, value)
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +106,6 @@ def make_config(tmp_path):
             disable_tqdm=True,
             logging_steps=1000,
             seed=0,
-            # Toy rounds find ~1 success in 50: every round adds its region, and keeps it, so that tests see the
-            # regions' mechanics (tests/test_retraction.py tests the evidence that keeps or retracts one).
-            reference_min_successes=0,
-            retraction_p_value=None,
         )
         return BanelConfig(**{**settings, **overrides})
 

@@ -9,17 +9,27 @@ import sys
 
 EXPERIMENT = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "addition_attack")
 METHODS = ["pretrained", "banel", "grpo", "rnd", "pseudo_count", "temperature", "rule_based"]
+# Runs the script named by the first argument, with the rest as its arguments, in a process where every round adds its
+# region and keeps it.
+WITHOUT_REGION_GUARDS = (
+    "import runpy, sys; from banel_trl.region_policy import RegionPolicy; "
+    "RegionPolicy.min_successes, RegionPolicy.review_p_value = 0, None; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 
 
 def test_quick_mode_runs_every_method(tmp_path):
     results = tmp_path / "results.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Quick mode, shrunk further so the test stays short. Its round 1 finds fewer successes than the 10 a region
-    # scored against a reference needs by default, and too few to keep round 0's region (`retraction_p_value`):
-    # without those two guards, the test runs the second region's path too.
+    # Quick mode, shrunk further so the test stays short. Its round 1 finds fewer successes than the
+    # `RegionPolicy.min_successes` a region scored against a reference needs, and too few to keep round 0's region
+    # (`RegionPolicy.review_p_value`): run without those two guards (the experiment's own process sets them, as the
+    # autouse fixture of tests/conftest.py does here), the test runs the second region's path too.
     subprocess.run(
         [
             sys.executable,
+            "-c",
+            WITHOUT_REGION_GUARDS,
             os.path.join(EXPERIMENT, "run.py"),
             "--quick",
             "--results",
@@ -37,9 +47,7 @@ def test_quick_mode_runs_every_method(tmp_path):
             "--banel",
             "samples_per_round=64",
             "generation_batch_size=256",
-            "scoring_batch_size=256",
-            "reference_min_successes=0",
-            "retraction_p_value=null",
+            "per_device_eval_batch_size=256",
         ],
         check=True,
         env=env,

@@ -42,7 +42,7 @@ def test_options_that_evaluate_during_the_fits_are_refused(make_config, override
         make_config(**overrides)
 
 
-def test_eval_on_start_is_refused_and_evaluate_after_train_pays_outside_the_ledger(
+def test_eval_on_start_is_refused_and_evaluate_after_train_pays_from_its_own_budget(
     make_config, proposal, tokenizer, unconditional_dataset
 ):
     # A user's run: eval_on_start=True with an eval dataset paid 48 reward calls for a budget of 32, 16 per fit.
@@ -62,7 +62,7 @@ def test_eval_on_start_is_refused_and_evaluate_after_train_pays_outside_the_ledg
         calls.append(len(completions))
         return starts_with_b(completions, **kwargs)
 
-    args = make_config(**settings)
+    args = make_config(max_eval_reward_evaluations=16, **settings)
     trainer = BanelTrainer(
         proposal,
         counted,
@@ -75,7 +75,11 @@ def test_eval_on_start_is_refused_and_evaluate_after_train_pays_outside_the_ledg
     assert sum(calls) == trainer.num_reward_evaluations <= 32
     assert len(RewardLedger.read(args.output_dir)) == sum(calls)  # every paid call recorded
     metrics = trainer.evaluate()
-    assert sum(calls) == trainer.num_reward_evaluations + metrics["eval_num_samples"]  # measured, not in the budget
+    # Measured from the evaluation's own budget, not the training budget.
+    assert sum(calls) == trainer.num_reward_evaluations + metrics["eval_reward_evaluations"]
+    assert 0 < metrics["eval_reward_evaluations"] <= 16 and trainer.num_reward_evaluations == len(
+        RewardLedger.read(args.output_dir)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- types
@@ -90,8 +94,8 @@ INTEGER_FIELDS = [
     "max_completion_length",
     "top_k",
     "max_sampling_attempts",
-    "reference_min_successes",
-    "scoring_batch_size",
+    "per_device_eval_batch_size",
+    "distillation_samples",
     "num_completions_to_print",
     "per_device_train_batch_size",
 ]
@@ -103,13 +107,11 @@ FLOAT_FIELDS = [
     "repetition_penalty",
     "target_rejection_rate",
     "first_region_rejection_rate",
-    "calibration_fraction",
-    "filter_factor",
     "learning_rate",
     "num_train_epochs",
     "logging_steps",
 ]
-BOOL_FIELDS = ["trust_remote_code", "warm_start_negative_model", "length_normalize", "log_completions"]
+BOOL_FIELDS = ["trust_remote_code", "disable_dropout", "distill_posterior", "log_completions"]
 
 
 @pytest.mark.parametrize(
@@ -136,8 +138,8 @@ def test_a_fractional_count_is_never_rounded_up(make_config):
 
 
 def test_whole_counts_written_as_floats_or_numpy_ints_become_ints(make_config):
-    args = make_config(max_reward_evaluations=150.0, samples_per_round=np.int64(50), scoring_batch_size=1e2)
-    assert (args.max_reward_evaluations, args.samples_per_round, args.scoring_batch_size, args.num_rounds) == (
+    args = make_config(max_reward_evaluations=150.0, samples_per_round=np.int64(50), per_device_eval_batch_size=1e2)
+    assert (args.max_reward_evaluations, args.samples_per_round, args.per_device_eval_batch_size, args.num_rounds) == (
         150,
         50,
         100,
@@ -152,7 +154,7 @@ def test_numbers_given_as_strings_are_refused_naming_field_value_and_type(make_c
         make_config(**{name: "0.5"})
 
 
-@pytest.mark.parametrize("name", ["temperature", "filter_factor", "repetition_penalty", "min_p"])
+@pytest.mark.parametrize("name", ["temperature", "target_rejection_rate", "repetition_penalty", "min_p"])
 def test_non_finite_numbers_are_refused(make_config, name):
     with pytest.raises(ValueError, match=f"`{name}` must be a finite number, got inf"):
         make_config(**{name: float("inf")})

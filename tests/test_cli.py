@@ -47,7 +47,6 @@ def run_yaml(tmp_path, _toy_task):
         "use_cpu": True,
         "report_to": "none",
         "disable_tqdm": True,
-        "reference_min_successes": 0,  # rounds of 30 find ~1 success: the report then has a region 1 to show
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))

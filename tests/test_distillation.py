@@ -138,20 +138,3 @@ def test_a_run_interrupted_during_a_distillation_resumes_to_the_same_state(
     regions, proposal, ledger, weights = _final_state(args.output_dir)
     assert (regions, proposal, ledger) == reference[:3]
     assert all(torch.equal(weights[key], reference[3][key]) for key in weights)
-
-
-def test_kept_distilled_regions_keep_rejecting_on_top_of_the_distilled_proposal(
-    proposal, tokenizer, unconditional_dataset, make_config
-):
-    args = distilled_config(make_config, max_reward_evaluations=200, keep_distilled_regions=True)
-    trainer = BanelTrainer(proposal, starts_with_b, args=args, train_dataset=unconditional_dataset,
-                           processing_class=tokenizer)  # fmt: skip
-    trainer.train()
-    posterior = trainer.posterior
-    assert posterior.proposal_adapter == "proposal_2" and posterior.active_regions == posterior.regions
-    rounds = [log for log in trainer.state.log_history if "acceptance_rate" in log]
-    assert rounds[1]["acceptance_rate"] < 1.0  # region 0 still rejects samples of the distilled proposal
-    proposal_ = posterior.propose(
-        torch.full((64, 1), tokenizer.bos_token_id), torch.ones(64, 1, dtype=torch.long), trainer.generation_config
-    )
-    assert proposal_.log_ratios.shape[1] == 2

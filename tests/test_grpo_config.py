@@ -15,7 +15,7 @@ from trl import GRPOConfig
 
 from banel_trl import BanelConfig, cli
 from banel_trl.data import NegativesCollator
-from banel_trl.evaluation import count_successes
+from banel_trl.evaluation import EvaluationCounts, count_successes
 from banel_trl.models import load_proposal
 from banel_trl.sampling import CandidateSampler, generation_config, prompt_stream
 from banel_trl.scoring import completion_log_probs
@@ -262,21 +262,23 @@ class CountingSampler:
 
 
 class EverySampleSucceeds:
-    def __call__(self, examples, completion_ids, trainer_state=None):
-        return [1.0 for _ in examples]
+    """Stands in for an evaluation: measures every sample it is given as a success."""
 
-    def reward(self, row):
-        return row
+    def __init__(self):
+        self.counts = EvaluationCounts()
 
-    def is_success(self, reward):
-        return reward >= 1.0
+    def measure(self, samples):
+        self.counts.samples += len(samples)
+        self.counts.successes += len(samples)
+        return self.counts
 
 
 def test_num_generations_eval_sets_the_samples_per_prompt_of_evaluate():
     dataset = Dataset.from_dict({"prompt": [str(i) for i in range(30)]})
     sampler = CountingSampler()
-    assert count_successes(sampler, EverySampleSucceeds(), dataset, None, 3) == (90, 90)
+    counts = count_successes(sampler, EverySampleSucceeds(), dataset, 3)
+    assert (counts.successes, counts.samples) == (90, 90)
     assert all(batch <= 64 and batch % 3 == 0 for batch in sampler.batches) and sum(sampler.batches) == 90
     sampler = CountingSampler()
-    assert count_successes(sampler, EverySampleSucceeds(), dataset)[1] == 240  # num_generations by default
+    assert count_successes(sampler, EverySampleSucceeds(), dataset).samples == 240  # num_generations by default
     assert sampler.batches == [64, 64, 64, 48]

@@ -91,6 +91,7 @@ SKIPPED = {
 }
 
 BUDGET = 12  # max_reward_evaluations of the tests that train: BaNEL's one addition to TRL's arguments
+EVAL_BUDGET = 100  # max_eval_reward_evaluations of the tests that evaluate: every sample they ask for
 
 # Tiny stand-ins for TRL's Hub models: hub id -> (class, model_type, config overrides). Every one shares the tokenizer
 # of `tokenizer()` except the Llama reward model, which has its own (test_train_different_reward_model).
@@ -428,6 +429,7 @@ class TestGRPOTrainer:
             max_completion_length=8,  # reduce the completion length to reduce memory usage
             report_to="none",
             max_reward_evaluations=BUDGET,
+            max_eval_reward_evaluations=EVAL_BUDGET,
         )
 
         class EvaluateRecorder(TrainerCallback):
@@ -457,7 +459,9 @@ class TestGRPOTrainer:
         assert 0.0 <= metrics["eval_success_rate"] <= 1.0
         assert metrics["eval_num_samples"] == len(dataset["test"]) * training_args.num_generations
         assert recorder.metrics == [metrics]  # callbacks see the evaluation, as the Trainer's
-        assert trainer.num_reward_evaluations == num_reward_evaluations  # evaluation is outside the budget
+        # Evaluation pays from its own budget, outside the training budget.
+        assert trainer.num_reward_evaluations == num_reward_evaluations
+        assert metrics["eval_reward_evaluations"] <= EVAL_BUDGET
 
     def test_train_with_num_generations_eval(self, hub, tmp_path):
         dataset = zen_dataset("standard_prompt_only")
@@ -471,6 +475,7 @@ class TestGRPOTrainer:
             num_generations_eval=1,
             report_to="none",  # eval_strategy is refused (test_train_with_eval): evaluate after training
             max_reward_evaluations=BUDGET,
+            max_eval_reward_evaluations=EVAL_BUDGET,
         )
         trainer = BanelTrainer(
             model=hub("trl-internal-testing/tiny-Qwen2ForCausalLM-2.5"),
@@ -596,6 +601,7 @@ class TestGRPOTrainer:
             num_generations=3,  # reduce the number of generations to reduce memory usage
             max_completion_length=8,  # reduce the completion length to reduce memory usage
             report_to="none",
+            max_eval_reward_evaluations=EVAL_BUDGET,
         )
         trainer = BanelTrainer(
             model=hub("trl-internal-testing/tiny-Qwen2ForCausalLM-2.5"),

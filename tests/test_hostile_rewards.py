@@ -388,7 +388,6 @@ def test_hostile_rewards_are_recorded_once_as_paid_or_stop_the_run_naming_functi
             disable_tqdm=True,
             logging_steps=1000,
             seed=seed,
-            reference_min_successes=0,
         )
         trainer = BanelTrainer(make_proposal(), rewards, args=args, train_dataset=dataset, processing_class=tokenizer)
         try:

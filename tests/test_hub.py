@@ -46,7 +46,7 @@ def assert_round_trips(folder, trainer, make_proposal):
     assert [(r.adapter_name, r.threshold, r.round) for r in loaded.regions] == [
         (r.adapter_name, r.threshold, r.round) for r in trainer.posterior.regions
     ]
-    batch = trainer.data_collator(
+    batch = trainer.fitter.collator(
         [
             {"prompt_ids": [trainer.processing_class.bos_token_id], "completion_ids": r["completion_ids"]}
             for r in trainer.ledger.records[:16]
@@ -62,7 +62,7 @@ def test_trainer_push_to_hub(trainer, hub, make_proposal):
     assert_round_trips(folder, trainer, make_proposal)
     card = (folder / "README.md").read_text()
     assert "BaNEL" in card and "https://huggingface.co/papers/2510.09596" in card and "@article{banel2025" in card
-    assert "| Reward evaluations (NREs) used | 100 of 100 |" in card
+    assert "| Training reward evaluations (NREs) | 100 of 100 |" in card
     assert f"| Successes found (never trained on) | {len(trainer.successes)} |" in card
     assert "Success rate, round 0 (base model)" in card and "Success rate, round 1 (posterior)" in card
     assert f"![NREs, successes, acceptance rate and negative loss per round]({REPORT_PLOT_NAME})" in card
@@ -77,7 +77,7 @@ def test_posterior_push_to_hub(trainer, hub, make_proposal):
     (folder,) = hub
     assert_round_trips(folder, trainer, make_proposal)
     card = (folder / "README.md").read_text()
-    assert "| Rejection regions | 2 |" in card and "| Reward evaluations (NREs) used | 100 |" in card
+    assert "| Rejection regions | 2 |" in card and "| Training reward evaluations (NREs) | 100 |" in card
     assert f"]({REPORT_PLOT_NAME})" in card and (folder / REPORT_PLOT_NAME).is_file()
     assert (folder / "tokenizer_config.json").is_file()
 
@@ -87,6 +87,6 @@ def test_posterior_push_to_hub_alone(trainer, hub, make_proposal):
     (folder,) = hub
     assert_round_trips(folder, trainer, make_proposal)
     card = (folder / "README.md").read_text()
-    assert "| Rejection regions | 2 |" in card and "Reward evaluations (NREs) used" not in card
+    assert "| Rejection regions | 2 |" in card and "reward evaluations (NREs)" not in card
     with pytest.raises(FileNotFoundError, match="banel_ledger.jsonl"):
         push_posterior_to_hub(trainer.posterior, "user/posterior", run_dir=str(folder))

@@ -47,7 +47,7 @@ def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
         assert {key: getattr(model.config, key) for key in SMALLER} == {key: config[key] for key in SMALLER}
     regions = trainer.posterior.regions
     assert [region.adapter_name for region in regions] == [f"negative_model_{k}" for k in range(3)]
-    # From round 1 on the reference is a separate model of the same posterior's samples (reference_model="posterior").
+    # From round 1 on the reference is a separate model of the same posterior's samples.
     assert [region.reference_adapter for region in regions[1:]] == ["reference_model_1", "reference_model_2"]
     assert all(region.separate and not region.adapter_names for region in regions)
     # p_theta stays frozen: its weights, the PEFT model without adapters, are those of a fresh proposal.
@@ -81,6 +81,13 @@ def test_separate_negative_models_are_fit_saved_loaded_and_resumed(
 def test_a_separate_negative_model_needs_the_exact_loop_and_a_known_form(tmp_path):
     with pytest.raises(ValueError, match="set `negative_model='scratch'`"):
         BanelConfig(output_dir=str(tmp_path), negative_model_config=SMALLER)
+    with pytest.raises(ValueError, match="distill_posterior=False"):
+        BanelConfig(output_dir=str(tmp_path), negative_model="scratch", distill_posterior=True)
+    with pytest.raises(ValueError, match="`negative_model` must be one of"):
+        BanelConfig(output_dir=str(tmp_path), negative_model="full")
+
+
+def test_the_smaller_models_config_is_json_on_the_command_line(tmp_path):
     # On the command line (or in a YAML file) the smaller model's config is JSON.
     flags = [
         "--output_dir",
@@ -91,10 +98,6 @@ def test_a_separate_negative_model_needs_the_exact_loop_and_a_known_form(tmp_pat
         '{"hidden_size": 16}',
     ]
     assert TrlParser((BanelConfig,)).parse_args_and_config(flags)[0].negative_model_config == {"hidden_size": 16}
-    with pytest.raises(ValueError, match="distill_posterior=False"):
-        BanelConfig(output_dir=str(tmp_path), negative_model="scratch", distill_posterior=True)
-    with pytest.raises(ValueError, match="`negative_model` must be one of"):
-        BanelConfig(output_dir=str(tmp_path), negative_model="full")
 
 
 @pytest.mark.parametrize(

@@ -133,15 +133,19 @@ def test_a_region_with_a_reference_is_scored_against_it(small_space):
         model.delete_adapter(name)
 
 
-def test_kappa_weighs_the_negative_model_in_the_score(small_space):
+def test_a_regions_kappa_weighs_its_negative_model_in_its_score(small_space):
     tokenizer, model, _, _, batch = small_space
-    region = RejectionRegion("region_0", 0.0, 0)
-    ratios = BanelPosterior(model, [region]).log_ratios(**batch)[:, 0]
+    model.add_adapter("region_1", LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    plain = [RejectionRegion("region_0", 0.0, 0), RejectionRegion("region_1", 0.0, 1)]
+    ratios = BanelPosterior(model, plain).log_ratios(**batch)
     with torch.no_grad(), model.disable_adapter():
         log_p_theta = completion_log_probs(model, *batch.values()).sum(dim=1)
-    # kappa * log p_phi - log p_theta, with log p_phi = ratio + log p_theta
-    expected = 2.5 * (ratios + log_p_theta) - log_p_theta
-    torch.testing.assert_close(BanelPosterior(model, [region], kappa=2.5).log_ratios(**batch)[:, 0], expected)
+    # A relaxed region's kappa * log p_phi - log p_theta, with log p_phi = ratio + log p_theta; the others' stay.
+    relaxed = [RejectionRegion("region_0", 0.0, 0, kappa=2.5), RejectionRegion("region_1", 0.0, 1)]
+    weighed = BanelPosterior(model, relaxed).log_ratios(**batch)
+    torch.testing.assert_close(weighed[:, 0], 2.5 * (ratios[:, 0] + log_p_theta) - log_p_theta)
+    torch.testing.assert_close(weighed[:, 1], ratios[:, 1])
+    model.delete_adapter("region_1")
 
 
 @pytest.mark.parametrize("max_generation_logits", [0, 2**26])  # p_theta scored again; taken from generation

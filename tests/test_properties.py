@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.ledger import LEDGER_NAME, sample_key
+from banel_trl.region_policy import RegionPolicy
 from banel_trl.rewards import RewardFunctionError
 
 from .conftest import LENGTH
@@ -38,6 +39,18 @@ def pattern_reward(success_rate: float, none_rate: float, crash_on_call: int | N
     return reward
 
 
+def recording_fits(policy: RegionPolicy, fitted: list):
+    """`policy.fit`, adding to `fitted` the failures each region is fit on and those held out to set its threshold."""
+    fit = policy.fit
+
+    def record_fit(ledger, k, *args):
+        evidence = policy.evidence(ledger, k)
+        fitted.extend(evidence.fit + evidence.held_out)
+        return fit(ledger, k, *args)
+
+    return record_fit
+
+
 @st.composite
 def configs(draw):
     budget = draw(st.integers(4, 40))
@@ -47,16 +60,20 @@ def configs(draw):
         samples_per_round=draw(st.integers(max(1, budget // 4), budget)),
         num_generations=num_generations,
         generation_batch_size=num_generations * draw(st.integers(1, 3)),
-        negative_samples=draw(st.sampled_from(["all", "round"])),
-        threshold_type=draw(st.sampled_from(["calibrated", "filter_factor"])),
         target_rejection_rate=draw(st.floats(0.05, 0.95)),
-        filter_factor=draw(st.sampled_from([0.5, 1.0, 3.0])),
+        # The shipped first cut is relaxed when reviewed; one at the target rate (below 0.95) is retracted.
+        first_region_rejection_rate=draw(st.sampled_from([None, 0.995])),
         max_sampling_attempts=draw(st.integers(1, 4)),
-        warm_start_negative_model=draw(st.booleans()),
-        reference_min_successes=draw(st.sampled_from([0, 1, 3])),
-        retraction_p_value=draw(st.sampled_from([None, 0.05, 0.9])),
-        relaxed_rejection_rate=draw(st.sampled_from([None, 0.5, 0.9])),
         seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@st.composite
+def region_policies(draw):
+    """RegionPolicy's constants: how many successes a round needs to add a region, and the review's p-value."""
+    return dict(
+        min_successes=draw(st.sampled_from([0, 1, 3])),
+        review_p_value=draw(st.sampled_from([None, 0.05, 0.9])),
     )
 
 
@@ -65,6 +82,7 @@ def configs(draw):
 )
 @given(
     config=configs(),
+    policy=region_policies(),
     prompts=st.sampled_from([[""], ["", "a"], ["ab", "c", "d"]]),
     success_rate=st.floats(0.0, 0.6),
     none_rate=st.floats(0.0, 0.3),
@@ -72,8 +90,19 @@ def configs(draw):
     new_seed_on_resume=st.booleans(),
 )
 def test_budget_successes_and_single_payment_hold_for_any_config(
-    make_proposal, tokenizer, config, prompts, success_rate, none_rate, crash_on_call, new_seed_on_resume
+    make_proposal,
+    tokenizer,
+    monkeypatch,
+    config,
+    policy,
+    prompts,
+    success_rate,
+    none_rate,
+    crash_on_call,
+    new_seed_on_resume,
 ):
+    for name, value in policy.items():
+        monkeypatch.setattr(RegionPolicy, name, value)
     reward = pattern_reward(success_rate, none_rate, crash_on_call)
     fitted = []
     with tempfile.TemporaryDirectory() as output_dir:
@@ -98,8 +127,7 @@ def test_budget_successes_and_single_payment_hold_for_any_config(
                 train_dataset=Dataset.from_dict({"prompt": prompts}),
                 processing_class=tokenizer,
             )
-            fit = trainer._fit_region
-            trainer._fit_region = lambda k, negatives, fit=fit: fitted.extend(negatives) or fit(k, negatives)
+            trainer.region_policy.fit = recording_fits(trainer.region_policy, fitted)
             try:
                 # Another seed contradicts the run's manifest: the resume is forced.
                 trainer.train(resume_from_checkpoint="force" if seed != config["seed"] else None)

@@ -49,8 +49,8 @@ CRASH_SETTINGS = dict(
     disable_tqdm=True,
     logging_steps=1000,
     seed=0,
-    reference_min_successes=0,  # every round's region is at stake, and stays
-    retraction_p_value=None,
+    # Every round's region is at stake, and stays: the children are forked from a test, where the autouse fixture
+    # `every_region_added_and_kept` has set RegionPolicy's constants.
     # Shallow cuts: the later rounds keep accepting ~1 in 4 proposals, so that runs do not spend their time in
     # rejection sampling.
     first_region_rejection_rate=0.5,
@@ -452,9 +452,15 @@ def test_none_nan_out_of_range_and_bool_rewards_are_recorded_as_given(
     trainer = BanelTrainer(
         make_proposal(), odd_values, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
-    fitted = []
-    fit = trainer._fit_region
-    trainer._fit_region = lambda k, negatives: fitted.extend(negatives) or fit(k, negatives)
+    fitted = []  # the failures the regions were fit on, and those held out to set their thresholds
+    fit = trainer.region_policy.fit
+
+    def record_fit(ledger, k, *args):
+        evidence = trainer.region_policy.evidence(ledger, k)
+        fitted.extend(evidence.fit + evidence.held_out)
+        return fit(ledger, k, *args)
+
+    trainer.region_policy.fit = record_fit
     trainer.train()
     records = [line for line in read_ledger(args.output_dir) if "index" in line]
     assert len(records) == 16
@@ -583,30 +589,67 @@ def test_a_reward_that_calls_the_model_leaves_the_run_and_its_resume_unchanged(
 def test_acceptance_collapse_ends_the_run_with_the_acceptance_figures(
     make_proposal, tokenizer, unconditional_dataset, make_config, caplog
 ):
-    # filter_factor=1e-30: every region rejects all but the most unlikely candidates; round 1 accepts nothing, and
-    # its region is fit on round 0's failures (negative_samples="all"), against p_theta: no reference sample either.
+    # Region 0 rejects every candidate: round 1 accepts nothing, pays nothing and has no failure to fit a region on.
+    args = make_config(max_reward_evaluations=60, samples_per_round=20, max_sampling_attempts=3, num_train_epochs=1)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    fit = trainer.region_policy.fit
+
+    def fit_rejecting_everything(ledger, k, *args):
+        region, loss = fit(ledger, k, *args)
+        region.threshold = -1e9
+        return region, loss
+
+    trainer.region_policy.fit = fit_rejecting_everything
+    with caplog.at_level("WARNING", logger="banel_trl"):
+        trainer.train()
+    assert "Round 1: the posterior accepted 0 of 64 candidates (acceptance rate 0.00e+00)" in caplog.text
+    assert "Round 1: 0 failures to learn from; ending the run" in caplog.text
+    # The time is bounded: at most max_sampling_attempts proposals per evaluation of the round (3 * 20: one batch of
+    # 64), and no round after it.
+    assert trainer.ledger.round_ends[1] == {"budget": 20, "proposed": 64, "accepted": 0, "repeats": 0, "evaluated": 0}
+    assert trainer.num_reward_evaluations == 20 and len(trainer.posterior.regions) == 1
+
+
+def test_a_region_whose_reference_samples_are_all_rejected_is_compared_with_p_theta(
+    make_proposal, tokenizer, unconditional_dataset, make_config, caplog
+):
+    # While round 1 draws its reference samples, region 0 rejects every candidate: none is accepted, so region 1 is
+    # compared with the proposal that drew its failures, and the draw gives up after one batch.
     args = make_config(
-        max_reward_evaluations=60,
-        samples_per_round=20,
-        threshold_type="filter_factor",
-        filter_factor=1e-30,
-        max_sampling_attempts=3,
+        max_reward_evaluations=100,
+        samples_per_round=50,
         num_train_epochs=1,
-        negative_samples="all",
+        max_sampling_attempts=5,
+        first_region_rejection_rate=0.5,
     )
     trainer = BanelTrainer(
         make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
-    with caplog.at_level("WARNING", logger="banel_trl.trainer"):
+    fit, proposed = trainer.region_policy.fit, []
+    propose = trainer.posterior.propose
+    trainer.posterior.propose = lambda *a, **kw: proposed.append(len(a[0])) or propose(*a, **kw)
+
+    def fit_while_region_0_rejects_everything(ledger, k, *args):
+        first = trainer.posterior.regions[0] if k == 1 else None
+        threshold = first.threshold if first else None
+        if first:
+            first.threshold, proposed[:] = -1e9, []
+        try:
+            return fit(ledger, k, *args)
+        finally:
+            if first:
+                first.threshold = threshold
+
+    trainer.region_policy.fit = fit_while_region_0_rejects_everything
+    with caplog.at_level("WARNING", logger="banel_trl"):
         trainer.train()
-    assert "Round 1: the posterior accepted 0 of 64 candidates (acceptance rate 0.00e+00)" in caplog.text
-    assert "Ending the run after round 1" in caplog.text
-    # The time is bounded: at most max_sampling_attempts proposals per evaluation of the round (3 * 20: one batch of
-    # 64), and no round after it.
-    assert trainer.ledger.round_ends[1] == {"budget": 20, "proposed": 64, "accepted": 0, "repeats": 0, "evaluated": 0}
-    assert trainer.num_reward_evaluations == 20 and len(trainer.posterior.regions) == 2
-    assert "0 of 20 reference samples were accepted" in caplog.text
-    assert trainer.posterior.regions[1].reference_adapter == "__base__"
+    num_fit = len(trainer.region_policy.evidence(trainer.ledger, 1).fit)
+    assert f"Round 1: 0 of {num_fit} reference samples were accepted; region 1 is compared with p_theta" in caplog.text
+    assert [region.reference_adapter for region in trainer.posterior.regions] == ["__base__", "__base__"]
+    assert proposed == [args.generation_batch_size]  # 5 attempts per sample at zero acceptance: given up at once
+    assert trainer.num_reward_evaluations == 100
 
 
 def test_a_posterior_that_accepts_nothing_is_given_up_on_well_before_its_allowance(
@@ -702,8 +745,6 @@ def test_bad_data_and_tokenizers_are_refused_at_construction(make_proposal, toke
     [
         (dict(samples_per_round=0), "samples_per_round"),
         (dict(target_rejection_rate=0.0), "target_rejection_rate"),
-        (dict(calibration_fraction=1.0), "calibration_fraction"),
-        (dict(filter_factor=-1.0), "filter_factor"),
         (dict(success_threshold=float("nan")), "success_threshold"),
         (dict(max_sampling_attempts=0), "max_sampling_attempts"),
         (dict(top_p=0.0), "top_p"),

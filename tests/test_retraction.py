@@ -1,6 +1,6 @@
 """
-`retraction_p_value` and `relaxed_rejection_rate`: a region stays only if the paid samples drawn with it succeed more
-often than without it; otherwise it is relaxed to a shallower cut, or retracted.
+The review of a region by later paid evidence ([`RegionPolicy.review`]): a region stays only if the paid samples drawn
+with it succeed more often than without it; otherwise it is relaxed to a shallower cut, or retracted.
 """
 
 import json
@@ -8,32 +8,64 @@ import os
 import types
 
 import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from banel_trl import BanelPosterior
-from banel_trl.collect import review_newest_region
 from banel_trl.hub import generate_banel_model_card
+from banel_trl.region_policy import RegionPolicy, RoundEvidence, relaxed_acceptance
 from banel_trl.regions import POSTERIOR_CONFIG_NAME, RejectionRegion
 from banel_trl.report import write_report
+from banel_trl.thresholds import region_scores
 
 from .test_trainer import CountingReward
+
+
+FAILURE_SCORES = [i / 100 for i in range(100)]  # the relaxed scores of 100 held-out failures
 
 
 def paid(successes: int, failures: int) -> list[dict]:
     return [{"success": True}] * successes + [{"success": False}] * failures
 
 
-def review(
-    rounds: list[tuple[int, int]], region: RejectionRegion, k: int, scores=([], [0.0]), **settings
-) -> tuple[bool, list]:
+@pytest.fixture
+def scored_as_given(shipped_policy, monkeypatch):
     """
-    `review_newest_region` of round `k` with `rounds[j]` = (successes, failures) paid in round j, and a relaxed cut
-    that scores the region's round's successes and its held-out failures `scores`: (changed, relaxed).
+    The review at the shipped `review_p_value`, where the examples of a round's evidence are their relaxed scores
+    already (no model is scored): `review(rounds, region, k, scores, **args)` reviews `region` in round `k` with
+    `rounds[j]` = (successes, failures) paid in round j, and `scores` = (the relaxed scores of the successes paid in
+    the region's round, those of its held-out failures). Returns whether the round changed the region.
     """
-    ledger = types.SimpleNamespace(paid_in_round=lambda j: paid(*rounds[j]))
-    defaults = dict(retraction_p_value=0.05, distill_posterior=False, relaxed_rejection_rate=0.9, relaxed_kappa=2.0)
-    args = types.SimpleNamespace(**{**defaults, "threshold_type": "calibrated", **settings})
-    relaxed = []
-    return review_newest_region(ledger, [region], k, args, lambda r: relaxed.append(r) or scores), relaxed
+    monkeypatch.setattr(RegionPolicy, "_batch", lambda self, examples: examples)
+    monkeypatch.setattr(
+        "banel_trl.region_policy.region_scores", lambda posterior, region, batch: torch.tensor(batch).double()
+    )
+
+    def review(rounds, region, k, scores=([], FAILURE_SCORES), review_p_value=RegionPolicy.review_p_value, **args):
+        defaults = dict(distill_posterior=False, first_region_rejection_rate=0.995, target_rejection_rate=0.9)
+        policy = RegionPolicy(
+            types.SimpleNamespace(**{**defaults, **args}), None, types.SimpleNamespace(regions=[region]), None
+        )
+        policy.review_p_value = review_p_value
+        successes, held_out = scores
+        policy._evidence[region.round] = RoundEvidence([], list(held_out), list(successes))
+        ledger = types.SimpleNamespace(paid_in_round=lambda j: paid(*rounds[j]))
+        return policy.review(ledger, k)
+
+    return review
+
+
+@given(st.floats(min_value=0.0, max_value=1.0, exclude_min=True, exclude_max=True))
+def test_a_relaxed_cut_is_never_deeper_than_the_cut_it_replaces(rejection_rate):
+    kept = relaxed_acceptance(rejection_rate)
+    assert kept is None or 1.0 - rejection_rate <= kept < 0.5
+
+
+def test_the_default_first_cut_relaxes_to_keep_ten_times_more_and_deep_enough_cuts_retract():
+    assert relaxed_acceptance(0.995) == pytest.approx(0.05)
+    assert relaxed_acceptance(0.9) is None  # would keep all of them: no shallower cut that still rejects most
+    assert relaxed_acceptance(0.5) is None
 
 
 @pytest.mark.parametrize(
@@ -45,30 +77,41 @@ def review(
         ((10, 40), (1, 49), True),  # the region cut the successes
     ],
 )
-@pytest.mark.parametrize("relaxed_rejection_rate", [0.9, None])
+@pytest.mark.parametrize("first_region_rejection_rate, relaxes", [(0.995, True), (0.9, False)])
 def test_the_paid_evidence_keeps_relaxes_or_retracts_the_previous_region(
-    round_0, round_1, changed, relaxed_rejection_rate
+    scored_as_given, round_0, round_1, changed, first_region_rejection_rate, relaxes
 ):
+    review = scored_as_given
+    settings = {"first_region_rejection_rate": first_region_rejection_rate}
     region = RejectionRegion("region_0", 0.1, round=0)
-    settings = {"relaxed_rejection_rate": relaxed_rejection_rate}
-    relaxed = [region] if changed and relaxed_rejection_rate else []
-    assert review([round_0, round_1], region, 1, **settings) == (changed, relaxed)
-    assert region.retracted is (changed and relaxed_rejection_rate is None)
+    assert review([round_0, round_1], region, 1, **settings) is changed
+    assert region.retracted is (changed and not relaxes)
+    assert region.relaxed is (changed and relaxes)
     assert region.reviewed_round == (1 if changed else None)
+    if changed and relaxes:
+        # Keeps ten times the held-out failures the cut at 0.995 kept, scored at the relaxed kappa.
+        assert region.kappa == RegionPolicy.relaxed_kappa
+        assert region.threshold == pytest.approx(torch.quantile(torch.tensor(FAILURE_SCORES).double(), 0.05).item())
+    else:
+        assert (region.kappa, region.threshold) == (None, 0.1)
     # A resumed round decides the same without changing the region again; only the previous round's region is judged;
-    # the exact loop only; None keeps every region as fit; a filter-factor threshold cannot be relaxed.
-    assert review([round_0, round_1], region, 1, **settings) == (changed, [])
-    assert review([round_0, round_1, round_1], RejectionRegion("region_0", 0.1, round=0), 2) == (False, [])
-    for other in ({"retraction_p_value": None}, {"distill_posterior": True}):
+    # the exact loop only; no `review_p_value` keeps every region as fit.
+    decided = (region.threshold, region.kappa, region.retracted)
+    assert review([round_0, round_1], region, 1, scores=([], [5.0, 6.0]), **settings) is changed
+    assert (region.threshold, region.kappa, region.retracted) == decided
+    assert review([round_0, round_1, round_1], RejectionRegion("region_0", 0.1, round=0), 2, **settings) is False
+    for other in ({"review_p_value": None}, {"distill_posterior": True}):
         fresh = RejectionRegion("region_0", 0.1, round=0)
-        assert review([round_0, round_1], fresh, 1, **other) == (False, [])
-        assert not fresh.retracted and fresh.reviewed_round is None
-    fresh = RejectionRegion("region_0", 0.1, round=0)
-    assert review([round_0, round_1], fresh, 1, threshold_type="filter_factor") == (changed, [])
-    assert fresh.retracted is changed
+        assert review([round_0, round_1], fresh, 1, **{**settings, **other}) is False
+        assert not fresh.retracted and fresh.reviewed_round is None and fresh.threshold == 0.1
 
 
-FAILURE_SCORES = [i / 100 for i in range(100)]  # the relaxed scores of 100 held-out failures
+@pytest.mark.parametrize("target_rejection_rate, relaxes", [(0.9, False), (0.96, True)])
+def test_a_later_region_is_relaxed_from_the_cut_of_its_own_round(scored_as_given, target_rejection_rate, relaxes):
+    region = RejectionRegion("region_1", 0.1, round=1)
+    rounds = [(0, 50), (0, 50), (0, 50)]
+    assert scored_as_given(rounds, region, 2, target_rejection_rate=target_rejection_rate) is True
+    assert region.relaxed is relaxes and region.retracted is not relaxes
 
 
 @pytest.mark.parametrize(
@@ -83,12 +126,12 @@ FAILURE_SCORES = [i / 100 for i in range(100)]  # the relaxed scores of 100 held
     ],
 )
 def test_a_relaxed_cut_that_scores_the_successes_of_its_round_above_the_failures_is_retracted(
-    success_scores, retracted
+    scored_as_given, success_scores, retracted
 ):
-    # A count beyond the threshold could not tell 3 successes from chance at a 90% cut (0.9^3 = 0.73): their ranks do.
+    # A count beyond the threshold could not tell 3 successes from chance at a 95% cut (0.95^3 = 0.86): their ranks do.
     region = RejectionRegion("region_0", 0.1, round=0)
-    assert review([(30, 3720), (30, 3720)], region, 1, (success_scores, FAILURE_SCORES)) == (True, [region])
-    assert region.retracted is retracted and region.reviewed_round == 1
+    assert scored_as_given([(30, 3720), (30, 3720)], region, 1, (success_scores, FAILURE_SCORES)) is True
+    assert region.retracted is retracted and region.relaxed is not retracted and region.reviewed_round == 1
 
 
 @pytest.mark.parametrize(
@@ -99,37 +142,38 @@ def test_a_relaxed_cut_that_scores_the_successes_of_its_round_above_the_failures
         ((40, 10), False),  # more
     ],
 )
-def test_a_relaxed_region_is_retracted_only_when_the_next_round_shows_a_loss(round_2, retracted):
-    region = RejectionRegion("region_0", 0.1, round=0, reviewed_round=1)
+def test_a_relaxed_region_is_retracted_only_when_the_next_round_shows_a_loss(scored_as_given, round_2, retracted):
+    region = RejectionRegion("region_0", 0.1, round=0, kappa=2.0, reviewed_round=1)
     rounds = [(10, 40), (0, 50), round_2]
-    assert review(rounds, region, 2) == (retracted, [])
+    assert scored_as_given(rounds, region, 2) is retracted
     assert region.retracted is retracted and region.reviewed_round == (2 if retracted else 1)
-    assert review(rounds + [(0, 50)], region, 3) == (False, [])  # judged once, by the round after it changed
+    assert (region.threshold, region.kappa) == (0.1, 2.0)  # never relaxed twice
+    assert scored_as_given(rounds + [(0, 50)], region, 3) is False  # judged once, by the round after it changed
 
 
 def never_succeeds(completions, **kwargs):
     return [0.0] * len(completions)
 
 
-@pytest.mark.parametrize("relaxed_rejection_rate", [None, 0.9])
+def rejected_share(posterior: BanelPosterior, region: RejectionRegion, batch: dict) -> float:
+    return (region_scores(posterior, region, batch) > region.threshold).double().mean().item()
+
+
+@pytest.mark.parametrize("first_region_rejection_rate, relaxes", [(0.9, False), (0.96, True)])
 def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_in_the_run_and_when_saved(
-    train_toy, make_proposal, tokenizer, make_config, caplog, relaxed_rejection_rate
+    train_toy, make_proposal, tokenizer, make_config, caplog, monkeypatch, first_region_rejection_rate, relaxes
 ):
-    args = make_config(
-        first_region_rejection_rate=0.9,
-        target_rejection_rate=0.5,
-        retraction_p_value=0.05,
-        relaxed_rejection_rate=relaxed_rejection_rate,
-    )
+    monkeypatch.setattr(RegionPolicy, "review_p_value", 0.05)  # every region added (`min_successes` 0), and reviewed
+    args = make_config(first_region_rejection_rate=first_region_rejection_rate, target_rejection_rate=0.5)
     counting = CountingReward(never_succeeds)
-    trainer = train_toy(args, counting, logger="banel_trl.collect")
+    trainer = train_toy(args, counting, logger="banel_trl.region_policy")
     first, last = trainer.posterior.regions
     # Round 1 found no more successes with region 0 than round 0 without it: it retracts or relaxes region 0 and adds
     # none; round 2 samples without it (or with the relaxed cut) and adds its own region (the last: no round judges it).
-    change = "relaxes" if relaxed_rejection_rate else "retracts"
+    change = "relaxes" if relaxes else "retracts"
     assert f"Round 1 {change} the region of round 0: its paid samples succeeded 0 times in 50" in caplog.text
     assert (first.round, first.reviewed_round, last.round, last.retracted) == (0, 1, 2, False)
-    assert first.retracted is (relaxed_rejection_rate is None)
+    assert first.retracted is not relaxes and first.relaxed is relaxes
     rounds = [log for log in trainer.state.log_history if "acceptance_rate" in log]
     assert rounds[1]["acceptance_rate"] < 1.0 and "threshold" not in rounds[1]
     assert len(counting.calls) == len(set(counting.calls)) == 150
@@ -140,12 +184,22 @@ def test_a_region_the_next_round_does_not_show_to_help_is_retracted_or_relaxed_i
     report, _ = write_report(args.output_dir, posterior, tokenizer)
     with open(report) as file:
         text = file.read()
-    if relaxed_rejection_rate:
-        # The relaxed cut, scored at kappa 2, rejects 90% of region 0's held-out failures instead of none.
+    if relaxes:
+        # The relaxed cut, scored at kappa 2, keeps ten times the held-out failures the cut at 0.96 kept.
         assert saved[0]["kappa"] == 2.0 and saved[0]["threshold"] == first.threshold
-        assert 0.0 < rounds[2]["acceptance_rate"] < 0.5 and [log["regions"] for log in rounds] == [1, 1, 2]
+        assert rounds[1]["acceptance_rate"] < rounds[2]["acceptance_rate"] < 1.0
+        assert [log["regions"] for log in rounds] == [1, 1, 2]
         assert [region.round for region in posterior.active_regions] == [0, 2]
         assert "| Rejection regions | 2 (1 relaxed) |" in card and "relaxed, kappa 2: rejects" in text
+        # Never deeper: of the round's held-out failures, the relaxed region rejects no larger share than the cut it
+        # replaced (the region as fit, whose threshold round 0 logged).
+        as_fit = RejectionRegion(**{**vars(first), "kappa": None, "reviewed_round": None})
+        as_fit.threshold = rounds[0]["threshold"]
+        held_out = trainer.region_policy.evidence(trainer.ledger, 0).held_out
+        batch = trainer.region_policy._batch(held_out)
+        relaxed_share, as_fit_share = (rejected_share(trainer.posterior, r, batch) for r in (first, as_fit))
+        assert len(held_out) >= 2 and relaxed_share <= as_fit_share
+        assert relaxed_share <= 1.0 - relaxed_acceptance(0.96) + 1.0 / len(held_out)
     else:
         assert rounds[2]["acceptance_rate"] == 1.0 and [log["regions"] for log in rounds] == [1, 0, 1]
         assert [region["retracted"] for region in saved] == [True, False]
@@ -172,32 +226,20 @@ class FirstPaidSucceed:
 
 
 def test_a_relaxed_region_that_loses_successes_is_retracted_and_a_resumed_run_goes_on_after_the_change(
-    train_toy, make_config
+    train_toy, make_config, monkeypatch
 ):
     # Round 0 pays 10 successes in 50, rounds 1 and 2 none: round 1 relaxes region 0 (no gain), round 2 retracts the
     # relaxed region (a loss, p < 0.001). The run is then resumed for a round 3, which samples p_theta again and adds
     # its own region: rounds 1 and 2 are not fit again.
-    settings = dict(first_region_rejection_rate=0.9, target_rejection_rate=0.5, relaxed_rejection_rate=0.5)
+    monkeypatch.setattr(RegionPolicy, "review_p_value", 0.05)
+    settings = dict(first_region_rejection_rate=0.96, target_rejection_rate=0.5)
     reward = FirstPaidSucceed(10)
 
     def train(num_rounds):
-        args = make_config(max_reward_evaluations=200, num_rounds=num_rounds, retraction_p_value=0.05, **settings)
+        args = make_config(max_reward_evaluations=200, num_rounds=num_rounds, **settings)
         return train_toy(args, reward).posterior.regions
 
     assert [(r.round, r.reviewed_round, r.retracted, r.kappa) for r in train(3)] == [(0, 2, True, 2.0)]
     regions = train(4)
     assert [(r.round, r.reviewed_round, r.retracted) for r in regions] == [(0, 2, True), (3, None, False)]
     assert len(reward.calls) == len(set(reward.calls)) == 200
-
-
-def test_a_region_retracted_before_regions_recorded_their_review_is_counted_as_retracted_not_relaxed(tmp_path):
-    # A posterior saved by an earlier version: `retracted` without `reviewed_round` (the retraction was its next round's).
-    regions = [
-        {"adapter_name": "region_0", "threshold": 0.1, "round": 0, "retracted": True},
-        {"adapter_name": "region_1", "threshold": 0.1, "round": 2},
-    ]
-    with open(tmp_path / POSTERIOR_CONFIG_NAME, "w") as file:
-        json.dump({"regions": regions, "base_model_name_or_path": "toy"}, file)
-    assert RejectionRegion(**regions[0]).last_round == 1
-    card = generate_banel_model_card(str(tmp_path), "run", "user/run").content
-    assert "| Rejection regions | 1 (1 more retracted) |" in card

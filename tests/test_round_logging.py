@@ -10,9 +10,10 @@ import statistics
 import pytest
 import torch
 
-from banel_trl import BanelTrainer, collect
-from banel_trl.collect import log_round_completions, reward_metrics, round_metrics
+from banel_trl import BanelTrainer
+from banel_trl import metrics as metrics_module
 from banel_trl.ledger import RewardLedger
+from banel_trl.metrics import log_round_completions, reward_metrics, round_metrics
 from banel_trl.regions import RejectionRegion
 from banel_trl.rewards import RewardEvaluator, RewardLogs
 from banel_trl.testing import starts_with_b
@@ -170,27 +171,15 @@ def test_the_completions_table_shows_rewards_and_logged_columns(tokenizer, capsy
 
 
 def test_without_rich_the_completions_are_log_lines(tokenizer, monkeypatch, caplog):
-    monkeypatch.setattr(collect, "is_rich_available", lambda: False)
+    monkeypatch.setattr(metrics_module, "is_rich_available", lambda: False)
     ledger = ledger_of([[1.0], [0.0]], [1.0])
-    with caplog.at_level(logging.INFO, logger="banel_trl.collect"):
+    with caplog.at_level(logging.INFO, logger="banel_trl.metrics"):
         log_round_completions(ledger, 0, evaluator(tokenizer, [starts_with_b]), 3, 8)
     assert "round 0 | reward 1.0 | prompt '' | completion 'c0'" in caplog.text
     assert "completion 'c1'" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ untrained negative fit
-
-
-class FixedScores:
-    """A posterior stand-in whose log-ratios are `scores`."""
-
-    length_normalize = False
-
-    def __init__(self, scores):
-        self.scores = torch.tensor(scores)
-
-    def log_ratios(self, regions, **batch):
-        return self.scores[:, None]
 
 
 def test_a_flat_calibration_warns_with_the_learning_rate(caplog):
@@ -204,14 +193,14 @@ def test_a_flat_calibration_warns_with_the_learning_rate(caplog):
         }
 
     with caplog.at_level(logging.WARNING, logger="banel_trl.thresholds"):
-        calibrated_threshold(FixedScores([0.001, 0.002, -0.001, 0.0]), region, batch(4, 5, 6, 7), 0.5, 1e-6)
+        calibrated_threshold(torch.tensor([0.001, 0.002, -0.001, 0.0]), batch(4, 5, 6, 7), region, 0.5, 1e-6)
     assert UNTRAINED in caplog.text and "Round 3" in caplog.text and "learning_rate`=1e-06" in caplog.text
     assert len(caplog.records) == 1
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="banel_trl.thresholds"):
-        calibrated_threshold(FixedScores([-2.0, 0.5, 1.0, 3.0]), region, batch(4, 5, 6, 7), 0.5, 1e-3)
-        calibrated_threshold(FixedScores([0.0]), region, batch(4), 0.5)  # one failure: no span to measure
-        calibrated_threshold(FixedScores([0.0, 0.0]), region, batch(4, 4), 0.5)  # the same failure twice
+        calibrated_threshold(torch.tensor([-2.0, 0.5, 1.0, 3.0]), batch(4, 5, 6, 7), region, 0.5, 1e-3)
+        calibrated_threshold(torch.tensor([0.0]), batch(4), region, 0.5)  # one failure: no span to measure
+        calibrated_threshold(torch.tensor([0.0, 0.0]), batch(4, 4), region, 0.5)  # the same failure twice
     assert not caplog.records
 
 
@@ -225,7 +214,9 @@ def test_a_negative_fit_at_grpo_learning_rate_warns(proposal, tokenizer, uncondi
 
 
 def test_a_normal_run_gives_none_of_these_warnings(proposal, tokenizer, unconditional_dataset, make_config, caplog):
-    trainer = BanelTrainer(proposal, starts_with_b, make_config(), unconditional_dataset, processing_class=tokenizer)
+    # Shallow cuts: at the shipped ones the third round spends minutes in rejection sampling.
+    args = make_config(first_region_rejection_rate=0.9, target_rejection_rate=0.5)
+    trainer = BanelTrainer(proposal, starts_with_b, args, unconditional_dataset, processing_class=tokenizer)
     with caplog.at_level(logging.WARNING, logger="banel_trl"):
         trainer.train()
     assert len(trainer.posterior.regions) == 3

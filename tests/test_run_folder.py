@@ -40,14 +40,14 @@ class FitCrash(RuntimeError):
 
 def crash_fit_of_round(trainer, crash_round):
     """Make `trainer` raise when it starts fitting round `crash_round` (its evaluations are paid by then)."""
-    fit = trainer._fit_region
+    fit = trainer.region_policy.fit
 
-    def fit_or_crash(k, negatives):
+    def fit_or_crash(ledger, k, *args):
         if k == crash_round:
             raise FitCrash(f"killed before the fit of round {k}")
-        return fit(k, negatives)
+        return fit(ledger, k, *args)
 
-    trainer._fit_region = fit_or_crash
+    trainer.region_policy.fit = fit_or_crash
 
 
 def ledger_keys(output_dir):
@@ -83,7 +83,15 @@ def new_trainer(make_proposal, tokenizer, unconditional_dataset):
 def test_a_cut_back_or_deleted_ledger_with_saved_regions_is_refused_and_nothing_is_paid_again(
     new_trainer, make_config, tmp_path
 ):
-    args = make_config(max_reward_evaluations=200, samples_per_round=50, num_train_epochs=1)
+    # Cuts shallow enough that every round's posterior still draws failures to fit a region on (at the default cuts,
+    # round 2 of the toy task pays for successes only, and the run ends there).
+    args = make_config(
+        max_reward_evaluations=200,
+        samples_per_round=50,
+        num_train_epochs=1,
+        first_region_rejection_rate=0.9,
+        target_rejection_rate=0.5,
+    )
     first = new_trainer(args)
     crash_fit_of_round(first, 2)  # regions 0 and 1 saved; round 2 paid, then the process died
     with pytest.raises(FitCrash):
@@ -136,7 +144,13 @@ def test_a_cut_back_or_deleted_ledger_with_saved_regions_is_refused_and_nothing_
 
 def _settings(args, **overrides):
     """The settings of `args` that tests vary, with `overrides`."""
-    names = ("max_reward_evaluations", "samples_per_round", "num_train_epochs")
+    names = (
+        "max_reward_evaluations",
+        "samples_per_round",
+        "num_train_epochs",
+        "first_region_rejection_rate",
+        "target_rejection_rate",
+    )
     return {**{name: getattr(args, name) for name in names}, **overrides}
 
 

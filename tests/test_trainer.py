@@ -9,9 +9,10 @@ from trl import GRPOConfig, GRPOTrainer
 from banel_trl import BanelPosterior, BanelTrainer
 from banel_trl.data import NegativesCollator
 from banel_trl.ledger import LEDGER_NAME
+from banel_trl.region_policy import RegionPolicy
 from banel_trl.testing import starts_with_b
 
-from .conftest import sample_texts
+from .conftest import SHIPPED_POLICY, sample_texts
 
 
 class CountingReward:
@@ -33,8 +34,10 @@ def success_rate(texts):
 
 
 def test_banel_learns_from_failures_where_grpo_gets_no_gradient(
-    proposal, tokenizer, unconditional_dataset, make_config, tmp_path
+    proposal, tokenizer, unconditional_dataset, make_config, tmp_path, monkeypatch
 ):
+    # The shipped review: the regions of this task show their gain and stay.
+    monkeypatch.setattr(RegionPolicy, "review_p_value", SHIPPED_POLICY["review_p_value"])
     base_rate = success_rate(sample_texts(proposal.generate, tokenizer, 3000))
     assert 0.005 < base_rate < 0.06, "the toy proposal should make successes rare"
 
@@ -48,7 +51,6 @@ def test_banel_learns_from_failures_where_grpo_gets_no_gradient(
         first_region_rejection_rate=0.9,
         target_rejection_rate=0.5,
         max_sampling_attempts=200,
-        retraction_p_value=0.05,  # the shipped default: the regions of this task show their gain and stay
     )
     counting = CountingReward()
     trainer = BanelTrainer(
@@ -113,7 +115,14 @@ def test_budget_is_a_hard_cap_and_only_accepted_new_candidates_are_paid(
         return starts_with_b(completions)
 
     counting = CountingReward(reward)
-    args = make_config(max_reward_evaluations=130, samples_per_round=50)
+    # Shallow cuts: at the shipped ones the third round spends minutes in rejection sampling.
+    args = make_config(
+        max_reward_evaluations=130,
+        samples_per_round=50,
+        max_eval_reward_evaluations=32,
+        first_region_rejection_rate=0.9,
+        target_rejection_rate=0.5,
+    )
     trainer = BanelTrainer(
         proposal, counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
@@ -125,9 +134,10 @@ def test_budget_is_a_hard_cap_and_only_accepted_new_candidates_are_paid(
     assert rounds[-1]["acceptance_rate"] < 1.0, "later rounds should reject candidates (for free)"
     assert len(trainer.posterior.regions) == 3
 
-    # Measuring the posterior is evaluation: it calls the reward but spends none of the training budget.
+    # Measuring the posterior is evaluation: it pays from its own budget and spends none of the training budget.
     metrics = trainer.evaluate(unconditional_dataset)
-    assert 0.0 <= metrics["eval_success_rate"] <= 1.0 and metrics["eval_num_samples"] == args.num_generations
+    assert 0.0 <= metrics["eval_success_rate"] <= 1.0
+    assert metrics["eval_num_samples"] == args.num_generations  # every draw measured, the repeats too
     assert trainer.num_reward_evaluations == 130
 
 
@@ -145,19 +155,32 @@ def test_duplicates_are_free_and_still_count_as_samples(tokenizer, unconditional
     assert len(trainer.ledger.samples_of_round(0)) > sum(r["round"] == 0 for r in trainer.ledger.records)
 
 
+def test_evaluate_measures_every_sample_it_draws_repeats_included(tokenizer, unconditional_dataset, make_config):
+    from banel_trl.testing import pretrain, tiny_qwen2
+
+    # A nearly deterministic proposal: a batch of 32 samples repeats the same few strings.
+    model = pretrain(tiny_qwen2(tokenizer), tokenizer, ["aaaaaa", "abcdab", "dddddd"] * 100, steps=150)
+    counting = CountingReward()
+    args = make_config(max_reward_evaluations=20, samples_per_round=20, max_eval_reward_evaluations=32)
+    trainer = BanelTrainer(model, counting, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer)
+    metrics = trainer.evaluate(unconditional_dataset)  # before training: only the evaluation's budget pays
+    assert metrics["eval_reward_evaluations"] == len(counting.calls) == len(set(counting.calls)) < 32
+    assert metrics["eval_num_samples"] == args.num_generations  # every draw measured, the repeats too
+
+
 def test_successes_are_recorded_and_never_trained_on(proposal, tokenizer, unconditional_dataset, make_config):
     args = make_config(max_reward_evaluations=100, samples_per_round=50)
     trainer = BanelTrainer(
         proposal, starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
     fitted = {}  # adapter -> what it was fit on: the negative models and, from round 1, the posterior references
-    fit = trainer._fit_adapter
+    fit = trainer.fitter.fit_adapter
 
     def record_fit(name, examples, *args):
         fitted[name] = examples
         return fit(name, examples, *args)
 
-    trainer._fit_adapter = record_fit
+    trainer.fitter.fit_adapter = record_fit
     trainer.train()
     assert trainer.successes and all(s["completion"].startswith("b") for s in trainer.successes)
     assert sorted(fitted) == ["reference_1", "region_0", "region_1"]
@@ -214,11 +237,13 @@ def test_ledger_survives_a_crash_and_the_run_resumes_without_paying_twice(
 
 
 def test_a_round_with_too_few_successes_adds_no_region_and_keeps_its_evaluations(
-    train_toy, make_config, caplog, tmp_path
+    train_toy, make_config, caplog, tmp_path, monkeypatch
 ):
-    def train(name, reward, reference_min_successes):
-        args = make_config(output_dir=str(tmp_path / name), reference_min_successes=reference_min_successes)
-        return train_toy(args, reward, logger="banel_trl.trainer")
+    def train(name, reward, min_successes):
+        monkeypatch.setattr(RegionPolicy, "min_successes", min_successes)
+        # Shallow cuts: at the shipped ones the later rounds spend minutes in rejection sampling.
+        args = make_config(output_dir=str(tmp_path / name), first_region_rejection_rate=0.9, target_rejection_rate=0.5)
+        return train_toy(args, reward)
 
     # Rounds 1 and 2 find a few successes each, fewer than 1000: only round 0's region, compared with p_theta.
     counting = CountingReward()
@@ -310,6 +335,7 @@ def test_same_arguments_as_grpo_trainer(proposal, tokenizer, make_config, tmp_pa
         num_generations=8,
         generation_batch_size=16,
         reward_weights=[1.0, 0.5],
+        first_region_rejection_rate=0.5,  # a shallow cut: round 1 is not spent in rejection sampling
     )
     trainer = BanelTrainer(model=model_path, reward_funcs=[echoes_target, is_short], args=args, train_dataset=dataset)
     trainer.train()
@@ -320,19 +346,15 @@ def test_same_arguments_as_grpo_trainer(proposal, tokenizer, make_config, tmp_pa
     assert record["prompt"] in dataset["prompt"] and len(record["rewards"]) == 2
 
 
-@pytest.mark.parametrize("kappa", [1.0, 3.0])
+@pytest.mark.parametrize("kappa", [None, RegionPolicy.relaxed_kappa])
 def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dataset, make_config, tmp_path, kappa):
     args = make_config(
-        max_reward_evaluations=100, samples_per_round=50, kappa=kappa, first_region_rejection_rate=0.9,
-        target_rejection_rate=0.5,
-    )  # fmt: skip
+        max_reward_evaluations=100, samples_per_round=50, first_region_rejection_rate=0.9, target_rejection_rate=0.5
+    )
     trainer = BanelTrainer(
         make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
     )
     trainer.train()
-    trainer.save_model(str(tmp_path / "saved"))
-    loaded = BanelPosterior.from_pretrained(str(tmp_path / "saved"), model=make_proposal())
-    assert loaded.kappa == kappa
     torch.manual_seed(0)
     candidates = trainer.posterior.propose(
         torch.full((64, 1), tokenizer.bos_token_id), torch.ones(64, 1, dtype=torch.long), trainer.generation_config
@@ -343,8 +365,17 @@ def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dat
         completion_ids=candidates.completion_ids,
         completion_mask=candidates.completion_mask,
     )
-    assert torch.equal(loaded.rejects(loaded.log_ratios(**batch)), candidates.accepted.logical_not())
-    assert 0 < int(candidates.accepted.sum()) < 64
+    for region in trainer.posterior.regions:
+        if kappa is not None:  # as a relaxed region: its own weight of its negative model, cut through its scores
+            region.kappa = kappa
+            region.threshold = trainer.posterior.log_ratios(**batch, regions=[region]).median().item()
+    accepted = trainer.posterior.rejects(trainer.posterior.log_ratios(**batch)).logical_not()
+    assert kappa is not None or torch.equal(accepted, candidates.accepted)
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = BanelPosterior.from_pretrained(str(tmp_path / "saved"), model=make_proposal())
+    assert loaded.regions == trainer.posterior.regions and [region.kappa for region in loaded.regions] == [kappa] * 2
+    assert torch.equal(loaded.rejects(loaded.log_ratios(**batch)), accepted.logical_not())
+    assert 0 < int(accepted.sum()) < 64
 
 
 @pytest.mark.parametrize(
@@ -353,16 +384,8 @@ def test_saved_posterior_round_trips(make_proposal, tokenizer, unconditional_dat
         (dict(max_reward_evaluations=0), "max_reward_evaluations"),
         (dict(max_reward_evaluations=10, samples_per_round=50), "smaller than one round"),
         (dict(generation_batch_size=10, num_generations=4), "divisible"),
-        (dict(threshold_type="median"), "threshold_type"),
         (dict(target_rejection_rate=1.0), "target_rejection_rate"),
         (dict(first_region_rejection_rate=1.0), "first_region_rejection_rate"),
-        (dict(reference_model="p_theta"), "reference_model"),
-        (dict(reference_min_successes=-1), "reference_min_successes"),
-        (dict(calibration_fraction=0.0), "calibration_fraction"),
-        (dict(filter_factor=0.0), "filter_factor"),
-        (dict(kappa=0.0), "kappa"),
-        (dict(retraction_p_value=0.0), "retraction_p_value"),
-        (dict(negative_samples="some"), "negative_samples"),
         (dict(max_completion_length=0), "max_completion_length"),
         (dict(temperature=0.0), "temperature"),
         (dict(num_rounds=0), "num_rounds"),

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from trl.generation import vllm_generation as trl_vllm
 
 from banel_trl import BanelConfig, BanelTrainer, vllm_generation
+from banel_trl.scoring import only_adapter
 from banel_trl.testing import starts_with_b
 from banel_trl.vllm_generation import VLLMSampler
 
@@ -91,7 +92,7 @@ def no_transformers_generate(*args, **kwargs):
 def test_vllm_draws_every_candidate_and_the_budget_and_regions_hold(fake_vllm, base_path, tokenizer,
                                                                     unconditional_dataset, make_config):  # fmt: skip
     counting = CountingReward()
-    args = make_config(use_vllm=True, max_reward_evaluations=100)
+    args = make_config(use_vllm=True, max_reward_evaluations=100, max_eval_reward_evaluations=32)
     trainer = BanelTrainer(base_path, counting, args=args, train_dataset=unconditional_dataset)
     trainer.model.generate = no_transformers_generate
     trainer.train()
@@ -109,7 +110,7 @@ def test_vllm_draws_every_candidate_and_the_budget_and_regions_hold(fake_vllm, b
 
 def test_a_distilled_proposal_is_pushed_to_vllm_once_and_sampled_there(fake_vllm, base_path, unconditional_dataset,
                                                                        make_config):  # fmt: skip
-    args = distilled_config(make_config, use_vllm=True, max_reward_evaluations=200)
+    args = distilled_config(make_config, use_vllm=True, max_reward_evaluations=200, max_eval_reward_evaluations=32)
     trainer = BanelTrainer(base_path, starts_with_b, args=args, train_dataset=unconditional_dataset)
     trainer.model.generate = no_transformers_generate
     trainer.train()
@@ -121,7 +122,7 @@ def test_a_distilled_proposal_is_pushed_to_vllm_once_and_sampled_there(fake_vllm
     # vLLM's copy is p_theta with the final proposal merged: the same next-token distribution as the adapter.
     input_ids = torch.tensor([[trainer.processing_class.bos_token_id, 4, 5]])
     trainer.model.eval()
-    with trainer.posterior._only_adapter(proposal):
+    with only_adapter(trainer.model, trainer.posterior.negative_models, proposal):
         expected = trainer.model(input_ids=input_ids).logits
     torch.testing.assert_close(engine.model(input_ids=input_ids).logits, expected, atol=1e-4, rtol=1e-4)
 

@@ -19,10 +19,15 @@ from datasets import Dataset
 from peft import get_peft_model_state_dict
 
 from banel_trl import BanelConfig, BanelTrainer
+from banel_trl.region_policy import RegionPolicy
 from banel_trl.testing import char_tokenizer, pretrain, starts_with_b, tiny_qwen2
 
 
 torch.set_num_threads(1)
+# Every round adds its region, fit data-parallel, and keeps it (rounds of 20 find few successes): what the tests'
+# autouse fixture sets in the test process, which these launched processes do not share.
+RegionPolicy.min_successes = 0
+RegionPolicy.review_p_value = None
 output_dir = sys.argv[1]
 rank = int(os.environ["RANK"])
 
@@ -62,8 +67,6 @@ def run(num_rounds):
         disable_tqdm=True,
         logging_steps=1000,
         seed=0,
-        reference_min_successes=0,  # every round adds its region, fit data-parallel, and keeps it
-        retraction_p_value=None,
     )
     model = type(proposal)(proposal.config)
     model.load_state_dict(proposal.state_dict())
