@@ -107,7 +107,8 @@ class ModelFitter:
         trainer = self._trainer(self.model, examples, seed)  # seeds torch before the model is initialised
         model = proposal_copy(self.model) if kind == "copy" else negative_model_like(self.model, config_overrides)
         trainer.model = trainer.model_wrapped = model
-        return model.eval(), self._train(trainer, round_index)
+        loss = self._train(trainer, round_index)
+        return model.eval(), loss  # in eval mode once trained: no dropout when its region scores
 
     def _trainer(self, model: torch.nn.Module, examples: list[dict], seed: int) -> LikelihoodTrainer:
         """
