@@ -74,9 +74,11 @@ class RoundCollector:
         num_lines = len(self.ledger.lines)
         budget = on_main_process(self.accelerator, self._start, k)
         main = self.accelerator is None or self.accelerator.is_main_process
+        processes = 1 if self.accelerator is None else self.accelerator.num_processes
 
         def draw(stats: SamplingStats) -> tuple[int, int, int]:
-            examples, proposal = self.sampler.propose_batch()  # on every process, from its own stream
+            size = self.sampler.batch_size(stats, budget, processes)  # the counts are every process's
+            examples, proposal = self.sampler.propose_batch(size)  # on every process, from its own stream
             batch = [(len(examples), int(proposal.accepted.sum()), self.sampler.accepted(examples, proposal))]
             batches = gather_to_all(self.accelerator, batch)
             return on_main_process(self.accelerator, self._pay, k, batches, budget - stats.kept, trainer_state)

@@ -120,10 +120,14 @@ def refuse_evaluation(args) -> None:
         )
 
 
-# Candidates per call to `generate` when neither `generation_batch_size` nor `steps_per_generation` is set: the
-# smallest multiple of `num_generations` at least this large. 64 for the default `num_generations=8`, the fixed default
-# of earlier versions, which the run folders they wrote record.
-MIN_GENERATION_BATCH_SIZE = 64
+# The largest batch of candidates per call to `generate` when neither `generation_batch_size` nor
+# `steps_per_generation` is set: GENERATION_BATCH_TOKENS completion tokens (4,096 completions of 16 tokens, 256 of the
+# default 256), at most MAX_GENERATION_BATCH_SIZE candidates, in whole prompts of `num_generations`. A rejection loop
+# proposes only what it needs ([`CandidateSampler.batch_size`]), so a large bound costs nothing where acceptance is
+# high, and where it is low (5e-4) every batch is full: 5x the proposals per second of GRPO's 64 on 12-token
+# completions (docs/results/performance.md).
+GENERATION_BATCH_TOKENS = 2**16
+MAX_GENERATION_BATCH_SIZE = 4096
 # Rounds a budget is split into when neither `samples_per_round` nor `num_rounds` is set: one that fits the first
 # region on samples of `p_theta`, one that evaluates the posterior it defines.
 DEFAULT_NUM_ROUNDS = 2
@@ -158,11 +162,13 @@ def resolve_rounds(args) -> None:
 def resolve_generation_batch_size(args) -> None:
     """
     Fill in `generation_batch_size`: from `steps_per_generation` as GRPO does (`per_device_train_batch_size *
-    world_size * steps_per_generation`), or else the smallest multiple of `num_generations` that is at least
-    `MIN_GENERATION_BATCH_SIZE`. Refuse both set (as GRPO), and a batch that would split a prompt's completions.
+    world_size * steps_per_generation`), or else the largest batch of `GENERATION_BATCH_TOKENS` completion tokens
+    (at most `MAX_GENERATION_BATCH_SIZE` candidates, a multiple of `num_generations`). Refuse both set (as GRPO), and a
+    batch that would split a prompt's completions.
     """
     num_generations = args.num_generations
-    default = math.ceil(MIN_GENERATION_BATCH_SIZE / num_generations) * num_generations
+    largest = min(GENERATION_BATCH_TOKENS // max(args.max_completion_length, 1), MAX_GENERATION_BATCH_SIZE)
+    default = max(largest // num_generations, 1) * num_generations
     if args.steps_per_generation is None and args.generation_batch_size is None:
         args.generation_batch_size = default
         return
@@ -188,8 +194,8 @@ def resolve_generation_batch_size(args) -> None:
         raise ValueError(
             f"{source} ({args.generation_batch_size}) must be divisible by `num_generations` ({num_generations}): a "
             f"batch proposes `num_generations` completions for each of its prompts. {fix}, or leave "
-            f"`generation_batch_size` and `steps_per_generation` unset: the batch is then {default}, the smallest "
-            f"multiple of `num_generations` that is at least {MIN_GENERATION_BATCH_SIZE}."
+            f"`generation_batch_size` and `steps_per_generation` unset: the batch is then {default}, sized for "
+            f"`max_completion_length`={args.max_completion_length}."
         )
 
 
@@ -290,6 +296,9 @@ def check_values(args) -> None:
 # per token of prompt and completion: a generous bound, to refuse a `distillation_samples` that cannot fit in memory.
 BYTES_PER_SAMPLE_TOKEN = 128
 PROMPT_TOKENS_ALLOWANCE = 64
+# Candidates a distillation stage proposes at most per sample wanted, all held in memory until the stage ends (see
+# `DistilledProposal`).
+STAGE_PROPOSALS = 5
 
 
 def parse_negative_model_config(args) -> None:
@@ -313,13 +322,12 @@ def check_distillation_memory(args) -> None:
     """Refuse `distillation_samples` that would not fit in this machine's memory, before anything is paid."""
     if not args.distill_posterior:
         return
-    needed = (
-        args.distillation_samples * (args.max_completion_length + PROMPT_TOKENS_ALLOWANCE) * BYTES_PER_SAMPLE_TOKEN
-    )
+    tokens = args.distillation_samples * STAGE_PROPOSALS * (args.max_completion_length + PROMPT_TOKENS_ALLOWANCE)
+    needed = tokens * BYTES_PER_SAMPLE_TOKEN
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available:
         raise ValueError(
-            f"`distillation_samples={args.distillation_samples}` would hold about {needed / 2**30:.0f} GiB of samples "
-            f"in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it (the "
+            f"`distillation_samples={args.distillation_samples}` would hold about {needed / 2**30:.0f} GiB of "
+            f"candidates in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it (the "
             "default is 6000)."
         )

@@ -1,17 +1,55 @@
-"""The paper's Algorithm 2: each round's posterior distilled into a LoRA proposal that the next round samples."""
+"""
+The paper's Algorithm 2: each round's posterior distilled into a LoRA proposal that the next round samples, reached in
+stages so that its cost does not grow with the depth of the round's cut.
+"""
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config_checks import STAGE_PROPOSALS
+from .distributed import gather_to_all, rank_share
 from .fitting import ModelFitter
 from .models import proposal_adapter_name
-from .regions import BASE_ADAPTER
+from .regions import BASE_ADAPTER, RejectionRegion
+from .rejection import sample_until
 from .sampling import DISTILLATION_SEED_OFFSET, CandidateSampler
+
+
+# A distillation proposes at most STAGE_PROPOSALS candidates per sample it wants at each of at most MAX_STAGES stages:
+# at most 20 per distillation sample kept, whatever share of the proposal the posterior accepts. An intermediate
+# stage keeps the STAGE_KEEP of its candidates that lie deepest inside the cut (the multilevel cross-entropy method):
+# four stages reach a posterior that accepts 1e-4 of its proposal at acceptances of about STAGE_KEEP each.
+STAGE_KEEP = 0.1
+MAX_STAGES = 4
+STAGE_SEED_OFFSET = 5_000_011  # stage s of a distillation draws from the distillation's seed + s * this
+
+
+@dataclass
+class Candidate:
+    """A candidate of a distillation stage and its `margin`: how far outside the posterior it lies (<= 0: inside)."""
+
+    prompt: Any
+    completion_ids: list[int]
+    margin: float
 
 
 class DistilledProposal:
     """
-    The proposal of the distilled loop (`BanelConfig.distill_posterior`): after round `k`, a LoRA adapter `q_{k+1}`,
-    started from `q_k` (the posterior is `q_k` minus a region: a small change), is fit by maximum likelihood on
-    unevaluated samples of the posterior (no NRE, and no reward is consulted), and samples the next round. The regions
-    fit on samples of an earlier proposal stop rejecting: they are in `q_{k+1}`'s weights.
+    The proposal of the distilled loop (`BanelConfig.distill_posterior`): after round `k`, a LoRA adapter `q_{k+1}`
+    is fit by maximum likelihood on unevaluated samples of the posterior (`q_k` cut by region `k`; no NRE, and no
+    reward is consulted), and samples the next round. The regions fit on samples of an earlier proposal stop
+    rejecting: they are in `q_{k+1}`'s weights. A region the next round's review relaxes or retracts is distilled
+    again, or undone ([`~DistilledProposal.revise`]).
+
+    Rejection-sampling the posterior would cost `1 / acceptance` proposals per sample (~200 at a first cut that keeps
+    0.5% of `p_theta`). Instead the samples are reached in stages: a stage proposes from an intermediate adapter; when
+    fewer than a tenth of its candidates lie inside the cut, the tenth deepest inside (by their margin, the excess of
+    the region's log-ratio over its threshold) fit the next intermediate adapter, which proposes the next stage.
+    The stage whose candidates reach the cut at that rate gives the samples `q_{k+1}` is fit on, started from the last
+    intermediate adapter. Every stage proposes at most `STAGE_PROPOSALS` candidates per sample wanted.
     """
 
     def __init__(self, args, fitter: ModelFitter, sampler: CandidateSampler):
@@ -20,20 +58,105 @@ class DistilledProposal:
         self.sampler = sampler
         self.posterior = sampler.posterior
 
-    def distil(self, k: int) -> None:
+    def distil(self, k: int) -> dict[str, float]:
         """
-        Fit `q_{k+1}` on `distillation_samples` samples of the posterior after region `k` (the round's one draw of
-        unevaluated samples, from their own seed), and propose from it.
+        Fit `q_{k+1}` on up to `distillation_samples` samples of the posterior after region `k` (unevaluated, from
+        the distillation's own seeds), and propose from it. Returns the distillation's figures: samples fit on,
+        candidates proposed (per sample), stages.
         """
-        args, seed = self.args, self.args.seed + k + DISTILLATION_SEED_OFFSET
-        samples = self.sampler.posterior_samples(
-            seed, args.distillation_samples, args.max_sampling_attempts, disable_tqdm=args.disable_tqdm
-        )
-        if len(samples) < 2:
+        args, regions, wanted = self.args, self.posterior.active_regions, self.args.distillation_samples
+        seed, name = args.seed + k + DISTILLATION_SEED_OFFSET, proposal_adapter_name(k + 1)
+        adapter, stage_adapters, proposed = self.posterior.proposal_adapter, [], 0
+        for stage in range(MAX_STAGES):
+            draw_seed, description = seed + stage * STAGE_SEED_OFFSET, f"Distillation {k}, stage {stage}"
+            candidates = self._draw(adapter, regions, draw_seed, description, wanted, STAGE_PROPOSALS)
+            proposed += len(candidates)
+            inside = [candidate for candidate in candidates if candidate.margin <= 0]
+            margins = sorted(candidate.margin for candidate in candidates)
+            level = margins[max(math.ceil(STAGE_KEEP * len(margins)) - 1, 0)]
+            if len(inside) >= wanted or level <= 0 or stage == MAX_STAGES - 1:
+                break
+            elite = [candidate for candidate in candidates if candidate.margin <= level]
+            stage_adapters.append(f"{name}_stage_{stage + 1}")
+            self.fitter.fit_adapter(stage_adapters[-1], self._examples(elite), seed + stage, k, _warm(adapter))
+            adapter = stage_adapters[-1]
+        if len(inside) < wanted:  # the last stage reaches the cut often enough: it draws on within the allowance
+            allowance = (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) // (wanted - len(inside))
+            more = self._draw(
+                adapter, regions, None, description, wanted - len(inside), allowance
+            )  # the stage's stream
+            proposed += len(more)
+            inside += [candidate for candidate in more if candidate.margin <= 0]
+        if len(inside) < 2:
             raise RuntimeError(
-                f"Round {k}: the posterior accepted {len(samples)} samples to distil within `max_sampling_attempts` "
-                "proposals each: lower `target_rejection_rate` or raise `max_sampling_attempts`."
+                f"Round {k}: {len(inside)} of {proposed} candidates of the distillation's {stage + 1} stages lie "
+                "inside the posterior: its region rejects almost everything. Lower `target_rejection_rate` (or "
+                "`first_region_rejection_rate` for the first round)."
             )
-        name, previous = proposal_adapter_name(k + 1), self.posterior.proposal_adapter
-        self.fitter.fit_adapter(name, samples, seed, k, None if previous == BASE_ADAPTER else previous)
+        self.fitter.fit_adapter(name, self._examples(inside[:wanted]), seed, k, _warm(adapter))
         self.posterior.proposal_adapter = name
+        for stage_adapter in stage_adapters:
+            self.posterior.model.delete_adapter(stage_adapter)
+        kept = min(len(inside), wanted)
+        return {
+            "distillation/samples": kept,
+            "distillation/proposals": proposed,
+            "distillation/proposals_per_sample": proposed / kept,
+            "distillation/stages": stage + 1,
+        }
+
+    def revise(self, region: RejectionRegion) -> dict[str, float]:
+        """
+        After a review changed `region` (see [`RegionPolicy.review`]), replace the proposal distilled from it: propose
+        from the proposal the region was fit on, cut by the relaxed region (distilled again, into the same adapter)
+        or, once retracted, without it. Returns the figures of the new distillation (none after a retraction).
+        """
+        self.posterior.proposal_adapter = region.proposal
+        return {} if region.retracted else self.distil(region.round)
+
+    def _draw(
+        self,
+        adapter: str,
+        regions: list[RejectionRegion],
+        seed: int | None,
+        description: str,
+        wanted: int,
+        allowance: int,
+    ) -> list[Candidate]:
+        """
+        Candidates of `adapter` with their margins under `regions`, from `seed` (`None`: on from the last draw): until `wanted` lie inside the
+        posterior or `allowance` times that many were proposed, each process its share from its own stream, every
+        process getting them all in rank order.
+        """
+        if seed is not None:
+            self.sampler.reseed(seed, own_stream=True)
+        accelerator, candidates = self.sampler.accelerator, []
+        thresholds = torch.tensor([region.threshold for region in regions])
+
+        def draw(stats) -> tuple[int, int, int]:
+            examples, proposal = self.sampler.propose_batch(self.sampler.batch_size(stats, share), adapter, regions)
+            excess = (proposal.log_ratios.float().cpu() - thresholds).nan_to_num(nan=-math.inf)  # NaN: not scored
+            margins = excess.amax(dim=1) if regions else torch.zeros(len(examples))
+            lengths = proposal.completion_mask.sum(dim=1).tolist()
+            candidates.extend(
+                Candidate(example["prompt"], proposal.completion_ids[j, : int(lengths[j])].tolist(), float(margin))
+                for j, (example, margin) in enumerate(zip(examples, margins, strict=True))
+            )
+            inside = int((margins <= 0).sum())
+            return len(examples), inside, inside
+
+        main = accelerator is None or accelerator.is_local_main_process
+        disable_tqdm = self.args.disable_tqdm or not main
+        share = rank_share(accelerator, wanted)
+        sample_until(share, allowance, draw, description, disable_tqdm, give_up_on_low_acceptance=False)
+        return gather_to_all(accelerator, candidates)
+
+    def _examples(self, candidates: list[Candidate]) -> list[dict]:
+        return [
+            {"prompt_ids": self.sampler.prompt_ids(c.prompt), "completion_ids": c.completion_ids} for c in candidates
+        ]
+
+
+def _warm(adapter: str) -> str | None:
+    """The adapter a fit starts from: a copy of `adapter`, or a new LoRA (`p_theta` itself) for `p_theta`."""
+    return None if adapter == BASE_ADAPTER else adapter

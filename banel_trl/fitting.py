@@ -6,6 +6,7 @@ is a fresh inner [`~transformers.Trainer`] built from the run's arguments, whose
 import copy
 import dataclasses
 import math
+import warnings
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
@@ -87,8 +88,10 @@ class ModelFitter:
         training loss (NaN when the run's `max_steps` are spent: the adapter stays at its start).
         """
         trainer = self._trainer(self.model, examples, seed)  # seeds torch before the new adapter is initialised
-        if name in self.model.peft_config:
-            self.model.delete_adapter(name)  # initialised afresh: a fit that raised may have left it half-trained
+        if name in self.model.peft_config:  # initialised afresh: a fit that raised may have left it half-trained
+            with warnings.catch_warnings():  # PEFT warns when the adapter is the active one, set again below
+                warnings.filterwarnings("ignore", message=f"Adapter {name} was active")
+                self.model.delete_adapter(name)
         self.model.add_adapter(name, self.peft_config)
         if warm_start is not None:
             state = get_peft_model_state_dict(self.model, adapter_name=warm_start)

@@ -14,9 +14,11 @@ class GenerationArguments:
         num_generations_eval (`int`, *optional*):
             Accepted samples per prompt that `evaluate()` draws and scores. Defaults to `num_generations`.
         generation_batch_size (`int`, *optional*):
-            Candidates proposed per call to `generate`; must be divisible by `num_generations`. Defaults to
+            The most candidates proposed per call to `generate` (a rejection loop proposes what it still needs at the
+            acceptance it has seen, up to this); must be divisible by `num_generations`. Defaults to
             `per_device_train_batch_size * world_size * steps_per_generation` when `steps_per_generation` is set (as in
-            GRPO), else to the smallest multiple of `num_generations` that is at least 64.
+            GRPO), else to the largest batch of 65,536 completion tokens, at most 4,096 candidates (4,096 for
+            completions of up to 16 tokens, 256 for the default `max_completion_length`).
         steps_per_generation (`int`, *optional*):
             GRPO's other way to size the generation batch (see `generation_batch_size`); both cannot be set.
         shuffle_dataset (`bool`, *optional*, defaults to `True`):
@@ -52,8 +54,8 @@ class GenerationArguments:
     generation_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "Candidates proposed per call to generate, a multiple of num_generations. Defaults to "
-            "per_device_train_batch_size * world_size * steps_per_generation, or the smallest multiple >= 64.",
+            "help": "Most candidates proposed per call to generate, a multiple of num_generations. Defaults to "
+            "per_device_train_batch_size * world_size * steps_per_generation, or 65,536 completion tokens (<= 4,096).",
         },
     )
     steps_per_generation: int | None = field(

@@ -148,6 +148,7 @@ class BanelPosterior:
         regions: list[RejectionRegion] | None = None,
         stop_at_rejection: bool = False,
         proposal_log_probs: torch.Tensor | None = None,
+        proposal: str | None = None,
     ) -> torch.Tensor:
         """
         `kappa_k * log p_phi_k(x) - log p_ref_k(x)` for every candidate and region, shape `(N, K)` (`kappa_k` is 1
@@ -168,6 +169,9 @@ class BanelPosterior:
             proposal_log_probs (`torch.Tensor`, *optional*):
                 The candidates' sequence log-likelihoods under the proposal, `(N,)`, when they are known already (from
                 generation, see [`~BanelPosterior.propose`]); the proposal is then not scored again.
+            proposal (`str`, *optional*):
+                The adapter that sampled the candidates, whose `proposal_log_probs` these are; defaults to
+                `proposal_adapter`.
         """
         regions = self.active_regions if regions is None else regions
         num_samples, device = prompt_ids.size(0), prompt_ids.device
@@ -178,7 +182,8 @@ class BanelPosterior:
         inputs = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         alive = torch.arange(num_samples, device=device)
         # Full-length log-likelihoods of the models scored once for all stages: the proposal (when known) and p_theta.
-        shared = {} if proposal_log_probs is None else {self.proposal_adapter: proposal_log_probs}
+        proposal = self.proposal_adapter if proposal is None else proposal
+        shared = {} if proposal_log_probs is None else {proposal: proposal_log_probs}
         start = 0
         was_training = self.model.training
         self.model.eval()  # dropout off; PEFT only mixes adapters in eval mode
@@ -226,20 +231,28 @@ class BanelPosterior:
             shared[BASE_ADAPTER] = log_probs.pop(BASE_ADAPTER)
         return {**{name: values[alive] for name, values in shared.items()}, **log_probs}
 
-    def rejects(self, log_ratios: torch.Tensor) -> torch.Tensor:
+    def rejects(self, log_ratios: torch.Tensor, regions: list[RejectionRegion] | None = None) -> torch.Tensor:
         """
-        A candidate is rejected when any region's log-ratio exceeds its threshold. NaN entries (regions a candidate
-        was not scored under, see `stop_at_rejection`) never reject.
+        A candidate is rejected when any region's log-ratio exceeds its threshold (the active regions', or those of
+        `regions`). NaN entries (regions a candidate was not scored under, see `stop_at_rejection`) never reject.
         """
-        return (log_ratios > self.thresholds.to(log_ratios.device)).any(dim=1)
+        regions = self.active_regions if regions is None else regions
+        thresholds = torch.tensor([region.threshold for region in regions], dtype=torch.float32)
+        return (log_ratios > thresholds.to(log_ratios.device)).any(dim=1)
 
     @torch.no_grad()
     def propose(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config: GenerationConfig
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        generation_config: GenerationConfig,
+        adapter: str | None = None,
+        regions: list[RejectionRegion] | None = None,
     ) -> Proposal:
         """
         Sample one completion per row from the proposal (`p_theta`, or the distilled `proposal_adapter`) and decide,
-        for each, whether the posterior accepts it.
+        for each, whether the posterior accepts it. `adapter` and `regions` sample another adapter and decide by other
+        regions (a distillation's intermediate proposals, see [`DistilledProposal`]).
 
         Generation computes the proposal's logits at every step already. For a float32 model whose logits fit in
         `MAX_GENERATION_LOGITS` (short completions, small vocabularies), the raw logits, before any logits processor
@@ -252,9 +265,11 @@ class BanelPosterior:
         output_embeddings = self.model.get_output_embeddings().weight
         max_new_tokens = generation_config.max_new_tokens or generation_config.max_length - input_ids.size(1)
         num_logits = input_ids.size(0) * max_new_tokens * output_embeddings.size(0)
+        adapter = self.proposal_adapter if adapter is None else adapter
+        regions = self.active_regions if regions is None else regions
         keep_logits = (
             self.proposal_sampler is None
-            and bool(self.active_regions)
+            and bool(regions)
             and output_embeddings.dtype == torch.float32
             and (num_logits <= MAX_GENERATION_LOGITS)
         )
@@ -263,9 +278,9 @@ class BanelPosterior:
         was_training = self.model.training
         self.model.eval()
         try:
-            with only_adapter(self.model, self.negative_models, self.proposal_adapter):
+            with only_adapter(self.model, self.negative_models, adapter):
                 if self.proposal_sampler is not None:
-                    completion_ids = self.proposal_sampler(self.proposal_adapter, input_ids, attention_mask)
+                    completion_ids = self.proposal_sampler(adapter, input_ids, attention_mask)
                 else:
                     output = self.model.generate(
                         input_ids=input_ids, attention_mask=attention_mask, generation_config=config
@@ -289,11 +304,13 @@ class BanelPosterior:
             attention_mask,
             completion_ids,
             completion_mask,
+            regions=regions,
             stop_at_rejection=True,
             proposal_log_probs=proposal_log_probs,
+            proposal=adapter,
         )
         return Proposal(
-            input_ids, attention_mask, completion_ids, completion_mask, log_ratios, ~self.rejects(log_ratios)
+            input_ids, attention_mask, completion_ids, completion_mask, log_ratios, ~self.rejects(log_ratios, regions)
         )
 
     @torch.no_grad()

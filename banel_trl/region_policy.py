@@ -63,8 +63,8 @@ class RegionPolicy:
       cut, scored with `relaxed_kappa` (see [`relaxed_acceptance`]), or retracted (it stops rejecting) when there is
       no such cut or the relaxed scores rank the successes of its round above its held-out failures (one-sided
       Mann-Whitney U test). A relaxed region is retracted if the round after succeeds less often than its own round.
-      A round that changes a region adds none: its samples came from the posterior it changed. The distilled loop
-      has its regions in the proposal's weights and reviews none.
+      A round that changes a region adds none: its samples came from the posterior it changed. In the distilled loop
+      the proposal distilled from a changed region is replaced (see [`DistilledProposal.revise`]).
 
     The class attributes are the method's constants; docs/results/defaults.md shows how they were measured.
     """
@@ -190,7 +190,7 @@ class RegionPolicy:
         """
         regions = self.posterior.regions
         newest = regions[-1] if regions else None
-        if self.review_p_value is None or self.args.distill_posterior or newest is None:
+        if self.review_p_value is None or newest is None:
             return False
         if newest.reviewed_round == k:
             return True  # decided before an interruption

@@ -40,13 +40,15 @@ def sample_until(
     draw: Callable[[SamplingStats], tuple[int, int, int]],
     description: str,
     disable_tqdm: bool = False,
+    give_up_on_low_acceptance: bool = True,
 ) -> SamplingStats:
     """
     Call `draw(stats)` until `num_wanted` candidates are kept. Each call proposes a batch and returns how many
     candidates it proposed, how many the posterior accepted and how many of those the caller kept (a round keeps the
     ones it pays for, `generate` one per requested row). Stops early, with fewer kept, once `max_sampling_attempts`
     candidates per wanted one have been proposed in all, or once the acceptance rate of the kept ones is below 1 in
-    `max_sampling_attempts` with 95% confidence ([`acceptance_too_low`]). The bound is on the total, not per sample:
+    `max_sampling_attempts` with 95% confidence ([`acceptance_too_low`], unless `give_up_on_low_acceptance=False`: a
+    distillation stage draws its whole allowance whatever it keeps). The bound is on the total, not per sample:
     at acceptance `a` a sample takes a geometric number of attempts with mean `1 / a`, and a per-sample bound would
     fail some of many wanted samples long before the total is out of proportion.
 
@@ -57,7 +59,7 @@ def sample_until(
     progress = tqdm(total=num_wanted, desc=description, leave=False, disable=disable_tqdm)
     try:
         while stats.kept < num_wanted and stats.proposed < max_sampling_attempts * num_wanted:
-            if acceptance_too_low(stats.kept, stats.proposed, max_sampling_attempts):
+            if give_up_on_low_acceptance and acceptance_too_low(stats.kept, stats.proposed, max_sampling_attempts):
                 break
             proposed, accepted, kept = draw(stats)
             stats.proposed, stats.accepted, stats.kept = (

@@ -1,5 +1,6 @@
 """Drawing candidates for a dataset's prompts: a seeded prompt stream, batched proposals and their decoding."""
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from .data import pad_prompts, tokenize_prompts
 from .distributed import gather_to_all, rank_share
 from .posterior import BanelPosterior, Proposal
-from .rejection import sample_until
+from .rejection import SamplingStats, sample_until
 
 
 # Every draw of a run comes from a seed stream of its own, offsets of `args.seed + k` for round k: a resumed run draws
@@ -213,12 +214,30 @@ class CandidateSampler:
         set_seed(seed + RANK_SEED_OFFSET * rank, deterministic=self.full_determinism)
         self.restart(self.dataset, seed)
 
-    def propose_batch(self) -> tuple[list[dict], Proposal]:
-        """Draw `generation_batch_size` candidates: `num_generations` per prompt, scored against every region."""
-        examples = [next(self._prompts) for _ in range(self.generation_batch_size // self.num_generations)]
+    def batch_size(self, stats: SamplingStats, wanted: int, processes: int = 1) -> int:
+        """
+        Candidates to propose next in a rejection loop that has drawn `stats` and wants `wanted` kept, shared by
+        `processes` that each propose a batch: as many as the missing ones take at the share of proposals kept so far
+        (the first batch: one per missing), in whole prompts of `num_generations`, at most `generation_batch_size`. A
+        loop that keeps every proposal draws what it needs; one that keeps 5e-4 draws full batches.
+        """
+        kept_share = (stats.kept + 1) / (stats.proposed + 1)
+        prompts = math.ceil(max(wanted - stats.kept, 1) / kept_share / processes / self.num_generations)
+        return min(prompts * self.num_generations, self.generation_batch_size)
+
+    def propose_batch(
+        self, size: int | None = None, adapter: str | None = None, regions: list | None = None
+    ) -> tuple[list[dict], Proposal]:
+        """
+        Draw `size` candidates (`generation_batch_size` by default): `num_generations` per prompt, scored against
+        every active region (or sampled from another `adapter` and scored against `regions`, see
+        [`~BanelPosterior.propose`]).
+        """
+        size = self.generation_batch_size if size is None else size
+        examples = [next(self._prompts) for _ in range(size // self.num_generations)]
         examples = [example for example in examples for _ in range(self.num_generations)]
         input_ids, attention_mask = self._pad(examples)
-        return examples, self.posterior.propose(input_ids, attention_mask, self.generation_config)
+        return examples, self.posterior.propose(input_ids, attention_mask, self.generation_config, adapter, regions)
 
     def accepted(self, examples: list[dict], proposal: Proposal) -> list[tuple[dict, list[int], str]]:
         """`(example, completion_ids, completion text)` of each candidate of `proposal` the posterior accepted."""
@@ -243,7 +262,7 @@ class CandidateSampler:
         samples = []
 
         def draw(stats) -> tuple[int, int, int]:
-            examples, proposal = self.propose_batch()
+            examples, proposal = self.propose_batch(self.batch_size(stats, num_samples))
             accepted = self.accepted(examples, proposal)
             kept = [
                 (e["prompt"], ids) for e, ids, text in accepted if exclude is None or not exclude(e["prompt"], text)

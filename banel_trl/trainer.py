@@ -7,13 +7,7 @@ from collections.abc import Callable
 
 from datasets import Dataset
 from peft import PeftConfig, PeftModel
-from transformers import (
-    BitsAndBytesConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Trainer,
-    TrainerCallback,
-)
+from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import TrainOutput, speed_metrics
@@ -256,12 +250,14 @@ class BanelTrainer(Trainer):
                     break
                 region, loss = None, None
                 changed = self.region_policy.review(self.ledger, k)  # the paid evidence keeps, relaxes or retracts
+                if changed and args.distill_posterior:  # the proposal distilled from the changed region is replaced
+                    stats = {**stats, "distillation": self.proposal.revise(self.posterior.regions[-1])}
                 if not changed and self.region_policy.has_evidence(self.ledger, k):
                     region, loss = self.region_policy.fit(self.ledger, k)  # 3-4: fit p_phi_k (and p_ref_k), tau_k
                     self.posterior.add_region(region)
                     fit_losses.append(loss)
-                    if args.distill_posterior:
-                        self.proposal.distil(k)  # Algorithm 2: the next proposal, fit on samples of this posterior
+                    if args.distill_posterior:  # Algorithm 2: the next proposal, fit on samples of this posterior
+                        stats = {**stats, "distillation": self.proposal.distil(k)}
                 self._end_round(k, stats, num_failures, region, loss, save=changed or region is not None)
                 if not changed and round_fell_short(
                     k, stats, self.num_reward_evaluations, args.max_reward_evaluations
@@ -313,7 +309,7 @@ class BanelTrainer(Trainer):
         # The regions that reject (a retracted one does not), and the figures of the rewards, with what they logged.
         num_regions = sum(not region.retracted for region in self.posterior.regions)
         metrics = round_metrics(self.ledger, k, stats, self.args.max_reward_evaluations, num_regions, self.rewards)
-        metrics["negatives"] = num_failures
+        metrics.update(negatives=num_failures, **stats.get("distillation", {}))
         if region is not None:  # a round that added no region has no fit to report
             metrics.update(negative_loss=fit_loss, threshold=region.threshold)
         self.log(metrics)

@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from banel_trl import BanelTrainer
+from banel_trl.fitting import ModelFitter
 from banel_trl.ledger import LEDGER_NAME
 from banel_trl.regions import POSTERIOR_CONFIG_NAME
 from banel_trl.testing import starts_with_b
+from banel_trl.thresholds import region_scores
 
 from .conftest import sample_texts
 from .test_trainer import CountingReward, success_rate
@@ -57,6 +59,33 @@ def test_the_distilled_loop_keeps_the_budget_samples_without_rejection_and_beats
     ]
     final_rate = success_rate(sample_texts(posterior.generate, tokenizer, 1000))
     assert final_rate > 3 * base_rate, (base_rate, final_rate)  # 0.36-0.60 against ~0.04 (seeds 0, 1)
+
+
+def test_a_deep_cut_is_distilled_in_stages_within_20_proposals_per_sample_all_inside_the_posterior(
+    train_toy, make_config, monkeypatch
+):
+    fits = []
+    fit_adapter = ModelFitter.fit_adapter
+
+    def recorded(self, name, examples, *args):
+        fits.append((name, examples))
+        return fit_adapter(self, name, examples, *args)
+
+    monkeypatch.setattr(ModelFitter, "fit_adapter", recorded)
+    args = distilled_config(make_config, max_reward_evaluations=100, first_region_rejection_rate=0.995)
+    trainer = train_toy(args, starts_with_b)
+
+    (region,) = trainer.posterior.regions
+    stages = [name for name, _ in fits if name.startswith("proposal_1_stage_")]
+    ((name, samples),) = [(name, examples) for name, examples in fits if name == "proposal_1"]
+    (logged,) = [log for log in trainer.state.log_history if "distillation/stages" in log]
+    # A first stage from p_theta does not reach the cut often enough: intermediate proposals, each fit on the tenth of
+    # its stage's candidates nearest the cut, reach it; every sample the generator is fit on lies inside the posterior.
+    assert logged["distillation/stages"] == len(stages) + 1 >= 2 and logged["distillation/samples"] == len(samples)
+    assert len(samples) == args.distillation_samples and logged["distillation/proposals_per_sample"] <= 20
+    batch = trainer.region_policy._batch(samples)
+    assert (region_scores(trainer.posterior, region, batch) <= region.threshold).all()
+    assert not any(adapter.startswith("proposal_1_stage") for adapter in trainer.model.peft_config)
 
 
 def test_the_final_generator_is_a_plain_peft_adapter(_toy_proposal, tokenizer, unconditional_dataset, make_config,

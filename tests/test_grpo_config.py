@@ -84,11 +84,14 @@ def test_the_guide_lists_every_grpo_config_field_once_with_what_banel_does_with_
 # ---------------------------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize("num_generations, batch", [(3, 66), (6, 66), (8, 64), (12, 72), (100, 100)])
-def test_the_generation_batch_defaults_to_the_smallest_multiple_of_num_generations_from_64(
-    config, num_generations, batch
+@pytest.mark.parametrize(
+    "num_generations, max_completion_length, batch",
+    [(3, 256, 255), (8, 256, 256), (8, 12, 4096), (12, 16, 4092), (8, 384, 168), (100, 256, 200), (8, 2**20, 8)],
+)
+def test_the_generation_batch_defaults_to_65536_completion_tokens_in_whole_prompts(
+    config, num_generations, max_completion_length, batch
 ):
-    args = config(num_generations=num_generations)
+    args = config(num_generations=num_generations, max_completion_length=max_completion_length)
     assert args.generation_batch_size == batch
 
 
@@ -127,7 +130,7 @@ def test_grpo_values_from_the_command_line_are_parsed(tmp_path):
         ["--output_dir", str(tmp_path), "--use_cpu", "true", "--report_to", "none", "--num_generations", "6"]
         + ["--pad_to_multiple_of", "16", "--shuffle_dataset", "false", "--num_generations_eval", "2"]
     )
-    assert (args.generation_batch_size, args.pad_to_multiple_of, args.shuffle_dataset) == (66, 16, False)
+    assert (args.generation_batch_size, args.pad_to_multiple_of, args.shuffle_dataset) == (252, 16, False)
     assert args.num_generations_eval == 2
 
 
@@ -191,7 +194,7 @@ class RecordingPosterior:
 
     model = types.SimpleNamespace(device=torch.device("cpu"))
 
-    def propose(self, input_ids, attention_mask, generation_config):
+    def propose(self, input_ids, attention_mask, generation_config, adapter=None, regions=None):
         return input_ids, attention_mask
 
 

@@ -97,6 +97,10 @@ def test_gsm8k_example_offline(tmp_path, capsys):
             "8",
             "--max_completion_length",
             "6",
+            "--max_sampling_attempts",  # regions calibrated on one held-out failure may cut deep on a tiny model
+            "5000",
+            "--per_device_eval_batch_size",  # and the posterior's `generate` oversamples up to this many rows
+            "1024",
             "--num_train_epochs",
             "1",
             "--use_cpu",

@@ -197,8 +197,8 @@ def test_generate_bounds_the_total_proposals_not_each_sample(small_space):
     class FirstRowOnly(BanelPosterior):
         """Accepts only the first candidate of every batch: one sample per call, whatever the oversampling."""
 
-        def propose(self, input_ids, attention_mask, generation_config):
-            proposal = super().propose(input_ids, attention_mask, generation_config)
+        def propose(self, input_ids, attention_mask, generation_config, adapter=None, regions=None):
+            proposal = super().propose(input_ids, attention_mask, generation_config, adapter, regions)
             proposal.accepted = torch.arange(len(proposal.accepted)) == 0
             return proposal
 

@@ -604,11 +604,11 @@ def test_acceptance_collapse_ends_the_run_with_the_acceptance_figures(
     trainer.region_policy.fit = fit_rejecting_everything
     with caplog.at_level("WARNING", logger="banel_trl"):
         trainer.train()
-    assert "Round 1: the posterior accepted 0 of 64 candidates (acceptance rate 0.00e+00)" in caplog.text
+    assert "Round 1: the posterior accepted 0 of 32 candidates (acceptance rate 0.00e+00)" in caplog.text
     assert "Round 1: 0 failures to learn from; ending the run" in caplog.text
-    # The time is bounded: at most max_sampling_attempts proposals per evaluation of the round (3 * 20: one batch of
-    # 64), and no round after it.
-    assert trainer.ledger.round_ends[1] == {"budget": 20, "proposed": 64, "accepted": 0, "repeats": 0, "evaluated": 0}
+    # The time is bounded: the first batch proposes one candidate per evaluation wanted (20, in one prompt of 32
+    # generations); accepting none of them puts the acceptance below 1 in `max_sampling_attempts`, and no round follows.
+    assert trainer.ledger.round_ends[1] == {"budget": 20, "proposed": 32, "accepted": 0, "repeats": 0, "evaluated": 0}
     assert trainer.num_reward_evaluations == 20 and len(trainer.posterior.regions) == 1
 
 

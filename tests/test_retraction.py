@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from banel_trl import BanelPosterior
 from banel_trl.hub import generate_banel_model_card
 from banel_trl.region_policy import RegionPolicy, RoundEvidence, relaxed_acceptance
-from banel_trl.regions import POSTERIOR_CONFIG_NAME, RejectionRegion
+from banel_trl.regions import BASE_ADAPTER, POSTERIOR_CONFIG_NAME, RejectionRegion
 from banel_trl.report import write_report
 from banel_trl.thresholds import region_scores
 
@@ -100,10 +100,9 @@ def test_the_paid_evidence_keeps_relaxes_or_retracts_the_previous_region(
     assert review([round_0, round_1], region, 1, scores=([], [5.0, 6.0]), **settings) is changed
     assert (region.threshold, region.kappa, region.retracted) == decided
     assert review([round_0, round_1, round_1], RejectionRegion("region_0", 0.1, round=0), 2, **settings) is False
-    for other in ({"review_p_value": None}, {"distill_posterior": True}):
-        fresh = RejectionRegion("region_0", 0.1, round=0)
-        assert review([round_0, round_1], fresh, 1, **{**settings, **other}) is False
-        assert not fresh.retracted and fresh.reviewed_round is None and fresh.threshold == 0.1
+    fresh = RejectionRegion("region_0", 0.1, round=0)
+    assert review([round_0, round_1], fresh, 1, **{**settings, "review_p_value": None}) is False
+    assert not fresh.retracted and fresh.reviewed_round is None and fresh.threshold == 0.1
 
 
 @pytest.mark.parametrize("target_rejection_rate, relaxes", [(0.9, False), (0.96, True)])
@@ -153,6 +152,26 @@ def test_a_relaxed_region_is_retracted_only_when_the_next_round_shows_a_loss(sco
 
 def never_succeeds(completions, **kwargs):
     return [0.0] * len(completions)
+
+
+@pytest.mark.parametrize("first_region_rejection_rate, relaxes", [(0.9, False), (0.995, True)])
+def test_in_the_distilled_loop_a_changed_region_replaces_the_proposal_distilled_from_it(
+    train_toy, make_proposal, make_config, caplog, monkeypatch, first_region_rejection_rate, relaxes
+):
+    monkeypatch.setattr(RegionPolicy, "review_p_value", 0.05)
+    settings = dict(max_reward_evaluations=100, distill_posterior=True, distillation_samples=100)
+    args = make_config(first_region_rejection_rate=first_region_rejection_rate, **settings)
+    trainer = train_toy(args, CountingReward(never_succeeds), logger="banel_trl.region_policy")
+    (region,) = trainer.posterior.regions
+    assert f"Round 1 {'relaxes' if relaxes else 'retracts'} the region of round 0" in caplog.text
+    rounds = [log for log in trainer.state.log_history if "acceptance_rate" in log]
+    # Round 1 sampled the proposal distilled from region 0 (nothing rejected), then replaced it: a retracted region
+    # returns to p_theta; a relaxed one is distilled again, into the same adapter, from p_theta cut by the relaxed cut.
+    assert rounds[1]["acceptance_rate"] == 1.0 and region.reviewed_round == 1 and region.relaxed is relaxes
+    assert trainer.posterior.proposal_adapter == ("proposal_1" if relaxes else BASE_ADAPTER)
+    assert ("distillation/samples" in rounds[1]) is relaxes and trainer.posterior.active_regions == []
+    saved = BanelPosterior.from_pretrained(args.output_dir, make_proposal())
+    assert saved.proposal_adapter == trainer.posterior.proposal_adapter
 
 
 def rejected_share(posterior: BanelPosterior, region: RejectionRegion, batch: dict) -> float:

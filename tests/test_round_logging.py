@@ -28,8 +28,13 @@ GRADED = "the reward is graded"
 def logging_reward(completions, log_extra, log_metric, **kwargs):
     """The toy task's reward, logging each completion's first letter and the batch's share of "a" starts."""
     log_extra("first_letter", [completion[:1] for completion in completions])
-    log_metric("a_share", sum(completion.startswith("a") for completion in completions) / len(completions))
+    share = sum(completion.startswith("a") for completion in completions) / len(completions)
+    log_metric("a_share", share)
+    LOGGED_SHARES.append((len(completions), share))
     return starts_with_b(completions)
+
+
+LOGGED_SHARES = []  # (batch size, share of "a" starts) of each call of `logging_reward`
 
 
 def round_logs(trainer):
@@ -102,6 +107,7 @@ def test_a_round_logs_what_reward_functions_logged_and_grpo_reward_figures(
 ):
     # Needs trainer.py's `_log_round` to hand the evaluator to `round_metrics` and call `log_round_completions`.
     args = make_config(max_reward_evaluations=64, samples_per_round=32, log_completions=True)
+    LOGGED_SHARES.clear()
     trainer = BanelTrainer(
         proposal, [logging_reward, starts_with_b], args, unconditional_dataset, processing_class=tokenizer
     )
@@ -109,10 +115,15 @@ def test_a_round_logs_what_reward_functions_logged_and_grpo_reward_figures(
         trainer.train()
     logged = round_logs(trainer)
     assert len(logged) == 2
+    calls = iter(LOGGED_SHARES)
     for k, entry in enumerate(logged):
         records = trainer.ledger.paid_in_round(k)
-        share = sum(r["completion"].startswith("a") for r in records) / len(records)
-        assert entry["a_share"] == pytest.approx(share, abs=0.2)  # averaged over the round's batches
+        shares, evaluated = [], 0
+        while evaluated < len(records):  # the calls that paid for this round's samples, in order
+            size, share = next(calls)
+            shares.append(share)
+            evaluated += size
+        assert entry["a_share"] == pytest.approx(statistics.fmean(shares))  # averaged over the round's batches
         rewards = [r["rewards"][0] for r in records]
         assert entry["rewards/logging_reward/mean"] == pytest.approx(statistics.fmean(rewards))
         assert entry["rewards/starts_with_b/std"] == pytest.approx(statistics.stdev(rewards))

@@ -11,23 +11,19 @@ from banel_trl.regions import BASE_ADAPTER
 from banel_trl.tasks import addition_attack as task
 
 
-# Fresh samples of a distilled proposal that its region's AUC is measured on (main variant, seed 0, round 1: 494
-# successes among them).
-PROPOSAL_POOL_SAMPLES = 20_000
-
-
 class RoundProbe(BanelCallback):
     """
     After every round: the posterior's own success rate on that round's paid samples, and the new region's AUC (a
     round that added no region, see `RegionPolicy`, has no region figures; one
     that relaxed or retracted a region says which). A region fit against `p_theta` is measured on the fixed pool of
-    `p_theta`'s samples (`pool_batches`), one fit against a distilled proposal on `PROPOSAL_POOL_SAMPLES` fresh
-    samples of that proposal, labelled by `reward` outside the run's budget.
+    `p_theta`'s samples (`pool_batches`), one fit against a distilled proposal on `proposal_pool_samples` fresh
+    samples of that proposal, labelled by `reward` outside the run's budget (none: not measured).
     """
 
-    def __init__(self, pool_batches: dict, tokenizer, reward, seed: int):
+    def __init__(self, pool_batches: dict, tokenizer, reward, seed: int, proposal_pool_samples: int = 0):
         self.pool_batches = pool_batches
         self.tokenizer, self.reward, self.seed = tokenizer, reward, seed
+        self.proposal_pool_samples = proposal_pool_samples
         self.rounds = []
         self.start = time.time()
 
@@ -41,6 +37,8 @@ class RoundProbe(BanelCallback):
             "round_success_rate": metrics["success_rate"],
             "acceptance_rate": metrics["acceptance_rate"],
             "successes": metrics["successes/total"],
+            "repeats": metrics["repeats"],
+            **{key: value for key, value in metrics.items() if key.startswith("distillation/")},
             "seconds": time.time() - self.start,
             **({"threshold": region.threshold, **self.discrimination(trainer, region)} if added else {}),
             **({changed: region.round} if region.reviewed_round == metrics["round"] else {}),
@@ -54,9 +52,11 @@ class RoundProbe(BanelCallback):
     def discrimination(self, trainer, region) -> dict:
         if region.proposal == BASE_ADAPTER:
             return region_discrimination(trainer.posterior, self.pool_batches)
+        if not self.proposal_pool_samples:
+            return {}
         samples = proposal_pool(
             trainer.posterior, region.proposal, self.tokenizer, self.reward, trainer.generation_config,
-            PROPOSAL_POOL_SAMPLES, self.seed + 3000 + region.round,
+            self.proposal_pool_samples, self.seed + 3000 + region.round,
         )  # fmt: skip
         batches = {kind: encode_queries(self.tokenizer, queries) for kind, queries in samples.items()}
         return {"pool": "proposal", **region_discrimination(trainer.posterior, batches)}
@@ -71,6 +71,7 @@ def run_banel(
     eval_samples: int,
     eval_max_proposals: int,
     config_overrides: dict,
+    proposal_pool_samples: int = 0,
 ) -> dict:
     """Train BaNEL from the pretrained attacker with the shipped defaults (plus `config_overrides`), then evaluate."""
     start = time.time()
@@ -85,7 +86,7 @@ def run_banel(
         **config_overrides,
     )
     batches = {kind: encode_queries(tokenizer, pool[kind]) for kind in ("successes", "failures")}
-    probe = RoundProbe(batches, tokenizer, reward, seed)
+    probe = RoundProbe(batches, tokenizer, reward, seed, proposal_pool_samples)
     trainer = BanelTrainer(
         task.DEFAULT_ATTACKER_PATH,  # a path, as a user passes a Hub id: the real loading code
         reward,

@@ -62,6 +62,13 @@ def parse_args(argv=None):
         help="pretrained samples in the reference pool that measures each region's AUC",
     )
     parser.add_argument("--pool_failures", type=int, default=20_000, help="failures of the pool kept for the AUC")
+    parser.add_argument(
+        "--proposal_pool_samples",
+        type=int,
+        default=0,
+        help="BaNEL: fresh samples of each distilled proposal, labelled outside the budget, that measure the AUC of "
+        "the region fit against it (0: not measured)",
+    )
     parser.add_argument("--no_leading_zeros", action="store_true", help="the harder variant: leading zeros earn 0")
     parser.add_argument(
         "--grpo_learning_rates",
@@ -144,6 +151,7 @@ def main(argv=None):
                         args.eval_samples,
                         args.eval_max_proposals,
                         overrides,
+                        args.proposal_pool_samples,
                     )
                 result["overrides"] = overrides
             elif method in ("grpo", "rnd", "pseudo_count"):

@@ -75,9 +75,9 @@ def run(num_rounds):
     )
     propose_batch, trainer.proposed_batches = trainer.sampler.propose_batch, 0
 
-    def counted_propose_batch():
+    def counted_propose_batch(*args):
         trainer.proposed_batches += 1
-        return propose_batch()
+        return propose_batch(*args)
 
     trainer.sampler.propose_batch = counted_propose_batch
     trainer.train()
