@@ -65,13 +65,14 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         samples_per_round (`int`, *optional*):
             NREs spent per round (the paper's `m`): each round evaluates this many accepted, never-seen candidates
             before fitting its negative model. Defaults to `ceil(max_reward_evaluations / num_rounds)` (3750 for the
-            default budget). The number of rounds sets the sampling cost: with calibrated thresholds the posterior
-            accepts about `(1 - first_region_rejection_rate) * (1 - target_rejection_rate) ** (k - 1)` of the
-            proposals after `k` rounds, and a round ends early once acceptance falls below `1 / max_sampling_attempts`.
+            default budget; 750 with `distill_posterior`). In the exact loop the number of rounds sets the sampling
+            cost: with calibrated thresholds the posterior accepts about `(1 - first_region_rejection_rate) * (1 -
+            target_rejection_rate) ** (k - 1)` of the proposals after `k` rounds, and a round ends early once
+            acceptance falls below `1 / max_sampling_attempts`.
         num_rounds (`int`, *optional*):
             Number of rounds. Defaults to `ceil(max_reward_evaluations / samples_per_round)`, and when
             `samples_per_round` is not set either, to 2: one that fits the first region on samples of `p_theta`, one
-            that evaluates the posterior it defines.
+            that evaluates the posterior it defines (10 with `distill_posterior`, whose rounds sample at acceptance 1).
         max_eval_reward_evaluations (`int`, *optional*):
             Hard cap on the reward evaluations of `evaluate()` over the whole run, apart from `max_reward_evaluations`:
             each is written to `banel_eval_ledger.jsonl` before it counts, and a sample whose reward the run already
@@ -121,8 +122,8 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         target_rejection_rate (`float`, *optional*, defaults to `0.9`):
             The share of fresh failures each region after the first rejects: its threshold is the `1 -
             target_rejection_rate` quantile of the log-ratios of failures held out of its fit, whatever their scale.
-            Each region divides the acceptance by `1 / (1 - target_rejection_rate)`: for runs of more than two rounds,
-            lower it (0.5) or raise `max_sampling_attempts`.
+            In the exact loop each region divides the acceptance by `1 / (1 - target_rejection_rate)`: for more than
+            two rounds, lower it (0.5) or raise `max_sampling_attempts`.
         first_region_rejection_rate (`float` or `None`, *optional*, defaults to `0.995`):
             The share of fresh failures the first region rejects (`None`: `target_rejection_rate`). The first region,
             fit on samples of `p_theta`, is a typicality filter: a deep cut keeps successes that are atypical samples
@@ -143,15 +144,16 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         > Distillation (the paper's Algorithm 2)
 
         distill_posterior (`bool`, *optional*, defaults to `False`):
-            After each round, fit a LoRA proposal `q_{k+1}` (starting from `q_k`) by maximum likelihood on unevaluated
-            samples of the posterior (no NRE) and sample the next round from it. Round `k+1`'s negative model starts
-            from `q_{k+1}` and its region is `log p_phi - log q_{k+1} > threshold`: each round is a round 0 against the
-            model that drew its samples, the acceptance stays near `1 - rejection rate` instead of multiplying down,
-            and the run ends with one generator, a plain PEFT adapter (saved at the top of `output_dir` by
-            `save_model`). Regions already distilled into the proposal stop rejecting.
-        distillation_samples (`int`, *optional*, defaults to `6000`):
+            After each round, fit a LoRA proposal `q_{k+1}` by maximum likelihood on unevaluated samples of the
+            posterior (no NRE), reached in stages at most 20 proposals per sample, and sample the next round from it.
+            Round `k+1`'s negative model starts from `q_{k+1}` and its region is `log p_phi - log q_{k+1} >
+            threshold`: each round is a round 0 against the model that drew its samples, every round samples at
+            acceptance 1, and the run ends with one generator, a plain PEFT adapter (saved at the top of `output_dir`
+            by `save_model`). `False`: the exact loop (the paper's Algorithm 1), whose result is `p_theta` cut by every
+            region, sampled by rejection ([`BanelPosterior`]); docs/results/addition_attack.md compares the two.
+        distillation_samples (`int`, *optional*):
             Unevaluated posterior samples each distillation is fit on for `num_train_epochs` (generations only, no
-            NRE). Too few blur away the successes of a posterior that holds few of them.
+            NRE). Defaults to 8 per NRE of a round (6,000 for rounds of 750). Too few blur the successes away.
 
         > Logging
 
@@ -166,8 +168,7 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     > - `num_train_epochs`: Defaults to `5.0` instead of `3.0`.
     > - `per_device_train_batch_size`: Defaults to `64` instead of `8`.
     > - `per_device_eval_batch_size`: Defaults to `64` instead of `8`: the rows per forward pass when scoring
-    >   candidates under `p_theta` and the regions (a candidate takes one row per model it is scored under; one a
-    >   region rejects is not scored under the later ones).
+    >   candidates under `p_theta` and the regions (one row per model a candidate is scored under).
     > - `logging_steps`: Defaults to `10` instead of `500`.
     > - `save_strategy`: Defaults to `"no"` instead of `"steps"`.
     > - `remove_unused_columns`: Defaults to `False` instead of `True`.
@@ -267,7 +268,7 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         default=None,
         metadata={
             "help": "Number of rounds. Defaults to ceil(max_reward_evaluations / samples_per_round), or 2 when "
-            "samples_per_round is not set either."
+            "samples_per_round is not set either (10 with distill_posterior)."
         },
     )
     max_eval_reward_evaluations: int | None = field(
@@ -322,8 +323,8 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
     target_rejection_rate: float = field(
         default=0.9,
         metadata={
-            "help": "Fraction of fresh failures each region after the first rejects, in (0, 1). Each region divides "
-            "the acceptance by 1 / (1 - rate): lower it for runs of more than two rounds.",
+            "help": "Fraction of fresh failures each region after the first rejects, in (0, 1). In the exact loop "
+            "each region divides the acceptance by 1 / (1 - rate): lower it for more than two rounds.",
         },
     )
     first_region_rejection_rate: float | None = field(
@@ -353,14 +354,14 @@ class BanelConfig(VLLMArguments, GenerationArguments, TrainingArguments):
         default=False,
         metadata={
             "help": "After each round, fit a LoRA proposal on unevaluated posterior samples and sample the next round "
-            "from it (the paper's Algorithm 2): acceptance stops multiplying down, and the run ends with one adapter.",
+            "from it (the paper's Algorithm 2): the run ends with one adapter. False: the exact loop (Algorithm 1).",
         },
     )
-    distillation_samples: int = field(
-        default=6000,
+    distillation_samples: int | None = field(
+        default=None,
         metadata={
-            "help": "Unevaluated posterior samples each distillation is fit on (no NRE). Too few blur away the "
-            "successes of a posterior that holds few of them.",
+            "help": "Unevaluated posterior samples each distillation is fit on (no NRE). Defaults to 8 per NRE of a "
+            "round. Too few blur away the successes of a posterior that holds few of them.",
         },
     )
 

@@ -124,13 +124,16 @@ def refuse_evaluation(args) -> None:
 # `steps_per_generation` is set: GENERATION_BATCH_TOKENS completion tokens (4,096 completions of 16 tokens, 256 of the
 # default 256), at most MAX_GENERATION_BATCH_SIZE candidates, in whole prompts of `num_generations`. A rejection loop
 # proposes only what it needs ([`CandidateSampler.batch_size`]), so a large bound costs nothing where acceptance is
-# high, and where it is low (5e-4) every batch is full: 5x the proposals per second of GRPO's 64 on 12-token
-# completions (docs/results/performance.md).
+# high, and where it is low (5e-4) every batch is full: on the addition attacker's 12-token completions, 1.9x the
+# accepted samples per second of GRPO's 64 (docs/results/performance.md, "Generation batch").
 GENERATION_BATCH_TOKENS = 2**16
 MAX_GENERATION_BATCH_SIZE = 4096
-# Rounds a budget is split into when neither `samples_per_round` nor `num_rounds` is set: one that fits the first
-# region on samples of `p_theta`, one that evaluates the posterior it defines.
-DEFAULT_NUM_ROUNDS = 2
+# Rounds a budget is split into when neither `samples_per_round` nor `num_rounds` is set: ten in the distilled loop,
+# two in the exact loop (one that fits the first region on samples of `p_theta`, one that evaluates the posterior it
+# defines); docs/results/addition_attack.md measures both. Each distillation is fit on this many unevaluated samples
+# per NRE of a round, unless `distillation_samples` is set: its cost stays proportional to the budget.
+DEFAULT_NUM_ROUNDS = {True: 10, False: 2}
+DISTILLATION_SAMPLES_PER_EVALUATION = 8
 MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize",)
 NEURON_PAD_TO_MULTIPLE_OF = 128  # GRPO's `pad_to_multiple_of="auto"` on Neuron, which compiles once per input shape
 PAGED_GENERATION = (
@@ -145,11 +148,12 @@ def resolve_rounds(args) -> None:
     """
     Fill in `samples_per_round` and `num_rounds` from the budget: a budget alone is spent in `DEFAULT_NUM_ROUNDS`
     rounds of `ceil(max_reward_evaluations / num_rounds)`; a given `samples_per_round` sets `num_rounds` to
-    `ceil(max_reward_evaluations / samples_per_round)`.
+    `ceil(max_reward_evaluations / samples_per_round)`. Then `distillation_samples`, from `samples_per_round`.
     """
     budget = args.max_reward_evaluations
     if args.samples_per_round is None:
-        args.samples_per_round = math.ceil(budget / (args.num_rounds or DEFAULT_NUM_ROUNDS))
+        num_rounds = args.num_rounds or DEFAULT_NUM_ROUNDS[bool(args.distill_posterior)]
+        args.samples_per_round = math.ceil(budget / num_rounds)
     elif args.samples_per_round > budget:
         raise ValueError(
             f"`max_reward_evaluations` ({budget}) is smaller than one round (`samples_per_round`="
@@ -157,6 +161,8 @@ def resolve_rounds(args) -> None:
         )
     if args.num_rounds is None:
         args.num_rounds = math.ceil(budget / args.samples_per_round)
+    if args.distillation_samples is None:
+        args.distillation_samples = DISTILLATION_SAMPLES_PER_EVALUATION * args.samples_per_round
 
 
 def resolve_generation_batch_size(args) -> None:
@@ -328,6 +334,5 @@ def check_distillation_memory(args) -> None:
     if needed > available:
         raise ValueError(
             f"`distillation_samples={args.distillation_samples}` would hold about {needed / 2**30:.0f} GiB of "
-            f"candidates in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it (the "
-            "default is 6000)."
+            f"candidates in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it."
         )

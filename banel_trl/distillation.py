@@ -3,6 +3,7 @@ The paper's Algorithm 2: each round's posterior distilled into a LoRA proposal t
 stages so that its cost does not grow with the depth of the round's cut.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,11 @@ from .rejection import sample_until
 from .sampling import DISTILLATION_SEED_OFFSET, CandidateSampler
 
 
+logger = logging.getLogger(__name__)
+
 # A distillation proposes at most STAGE_PROPOSALS candidates per sample it wants at each of at most MAX_STAGES stages:
-# at most 20 per distillation sample kept, whatever share of the proposal the posterior accepts. An intermediate
+# at most 20 per distillation sample wanted (each stage rounded up to a whole prompt), whatever share of the proposal
+# the posterior accepts. An intermediate
 # stage keeps the STAGE_KEEP of its candidates that lie deepest inside the cut (the multilevel cross-entropy method):
 # four stages reach a posterior that accepts 1e-4 of its proposal at acceptances of about STAGE_KEEP each.
 STAGE_KEEP = 0.1
@@ -49,7 +53,9 @@ class DistilledProposal:
     fewer than a tenth of its candidates lie inside the cut, the tenth deepest inside (by their margin, the excess of
     the region's log-ratio over its threshold) fit the next intermediate adapter, which proposes the next stage.
     The stage whose candidates reach the cut at that rate gives the samples `q_{k+1}` is fit on, started from the last
-    intermediate adapter. Every stage proposes at most `STAGE_PROPOSALS` candidates per sample wanted.
+    intermediate adapter. Every stage proposes at most `STAGE_PROPOSALS` candidates per sample wanted. A distillation
+    that reaches fewer than `STAGE_KEEP` of the samples it wants fits no generator: the posterior stays the proposal cut
+    by the round's region, which the next round samples by rejection.
     """
 
     def __init__(self, args, fitter: ModelFitter, sampler: CandidateSampler):
@@ -87,21 +93,23 @@ class DistilledProposal:
             )  # the stage's stream
             proposed += len(more)
             inside += [candidate for candidate in more if candidate.margin <= 0]
-        if len(inside) < 2:
-            raise RuntimeError(
-                f"Round {k}: {len(inside)} of {proposed} candidates of the distillation's {stage + 1} stages lie "
-                "inside the posterior: its region rejects almost everything. Lower `target_rejection_rate` (or "
-                "`first_region_rejection_rate` for the first round)."
-            )
-        self.fitter.fit_adapter(name, self._examples(inside[:wanted]), seed, k, _warm(adapter))
-        self.posterior.proposal_adapter = name
-        for stage_adapter in stage_adapters:
-            self.posterior.model.delete_adapter(stage_adapter)
         kept = min(len(inside), wanted)
+        if kept >= STAGE_KEEP * wanted:
+            self.fitter.fit_adapter(name, self._examples(inside[:wanted]), seed, k, _warm(adapter))
+            self.posterior.proposal_adapter = name
+        else:  # too few to fit a generator on: the posterior stays exact, the proposal cut by the round's region
+            logger.warning(
+                f"Round {k}: {kept} of the {proposed} candidates of the distillation's {stage + 1} stages lie inside "
+                f"the posterior, fewer than {STAGE_KEEP:g} of the {wanted} wanted: no generator is distilled, and the "
+                "next round samples the posterior by rejection. A region this deep rejects almost everything: lower "
+                "`target_rejection_rate` (or `first_region_rejection_rate` for the first round)."
+            )
+        for stage_adapter in stage_adapters:
+            self.fitter.delete_adapter(stage_adapter)
         return {
             "distillation/samples": kept,
             "distillation/proposals": proposed,
-            "distillation/proposals_per_sample": proposed / kept,
+            "distillation/proposals_per_sample": proposed / max(kept, 1),
             "distillation/stages": stage + 1,
         }
 
@@ -130,11 +138,14 @@ class DistilledProposal:
         """
         if seed is not None:
             self.sampler.reseed(seed, own_stream=True)
-        accelerator, candidates = self.sampler.accelerator, []
+        accelerator, candidates, num_generations = self.sampler.accelerator, [], self.sampler.num_generations
         thresholds = torch.tensor([region.threshold for region in regions])
 
         def draw(stats) -> tuple[int, int, int]:
-            examples, proposal = self.sampler.propose_batch(self.sampler.batch_size(stats, share), adapter, regions)
+            # Within the allowance: whole prompts of `num_generations`, at least one.
+            left = max((allowance * share - stats.proposed) // num_generations, 1) * num_generations
+            size = min(self.sampler.batch_size(stats, share), left)
+            examples, proposal = self.sampler.propose_batch(size, adapter, regions)
             excess = (proposal.log_ratios.float().cpu() - thresholds).nan_to_num(nan=-math.inf)  # NaN: not scored
             margins = excess.amax(dim=1) if regions else torch.zeros(len(examples))
             lengths = proposal.completion_mask.sum(dim=1).tolist()

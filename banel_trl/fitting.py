@@ -89,15 +89,19 @@ class ModelFitter:
         """
         trainer = self._trainer(self.model, examples, seed)  # seeds torch before the new adapter is initialised
         if name in self.model.peft_config:  # initialised afresh: a fit that raised may have left it half-trained
-            with warnings.catch_warnings():  # PEFT warns when the adapter is the active one, set again below
-                warnings.filterwarnings("ignore", message=f"Adapter {name} was active")
-                self.model.delete_adapter(name)
+            self.delete_adapter(name)
         self.model.add_adapter(name, self.peft_config)
         if warm_start is not None:
             state = get_peft_model_state_dict(self.model, adapter_name=warm_start)
             set_peft_model_state_dict(self.model, state, adapter_name=name)
         self.model.set_adapter(name)  # only this adapter is trainable; p_theta and the other adapters stay frozen
         return self._train(trainer, round_index)
+
+    def delete_adapter(self, name: str) -> None:
+        """Delete the LoRA adapter `name`, quietly: PEFT warns when it is the active one, which the next fit sets."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=f"Adapter {name} was active")
+            self.model.delete_adapter(name)
 
     def fit_separate_model(
         self, examples: list[dict], seed: int, round_index: int, kind: str, config_overrides: dict | None = None

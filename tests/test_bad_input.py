@@ -114,15 +114,23 @@ FLOAT_FIELDS = [
 BOOL_FIELDS = ["trust_remote_code", "disable_dropout", "distill_posterior", "log_completions"]
 
 
+NONE_DEFAULTS = (
+    "num_rounds",
+    "samples_per_round",
+    "generation_batch_size",
+    "distillation_samples",
+    "num_completions_to_print",
+)
+
+
 @pytest.mark.parametrize(
     "name, value",
     [
         (name, value)
         for name in INTEGER_FIELDS
         for value in (20.5, "20", True, None)
-        # These four default to None: derived from the others (or, for the last, all).
-        if value is not None
-        or name not in ("num_rounds", "samples_per_round", "generation_batch_size", "num_completions_to_print")
+        # These five default to None: derived from the others (or, for the last, all).
+        if value is not None or name not in NONE_DEFAULTS
     ],
 )
 def test_counts_of_the_wrong_type_are_refused_naming_field_value_and_type(make_config, name, value):

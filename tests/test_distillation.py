@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 from banel_trl import BanelTrainer
 from banel_trl.fitting import ModelFitter
 from banel_trl.ledger import LEDGER_NAME
-from banel_trl.regions import POSTERIOR_CONFIG_NAME
+from banel_trl.regions import BASE_ADAPTER, POSTERIOR_CONFIG_NAME
 from banel_trl.testing import starts_with_b
 from banel_trl.thresholds import region_scores
 
@@ -86,6 +86,32 @@ def test_a_deep_cut_is_distilled_in_stages_within_20_proposals_per_sample_all_in
     batch = trainer.region_policy._batch(samples)
     assert (region_scores(trainer.posterior, region, batch) <= region.threshold).all()
     assert not any(adapter.startswith("proposal_1_stage") for adapter in trainer.model.peft_config)
+
+
+def test_a_cut_no_stage_reaches_distils_nothing_and_the_next_round_samples_it_by_rejection(
+    make_proposal, tokenizer, unconditional_dataset, make_config, caplog
+):
+    args = distilled_config(make_config, max_reward_evaluations=200, max_sampling_attempts=3)
+    trainer = BanelTrainer(
+        make_proposal(), starts_with_b, args=args, train_dataset=unconditional_dataset, processing_class=tokenizer
+    )
+    fit = trainer.region_policy.fit
+
+    def fit_rejecting_everything(ledger, k):
+        region, loss = fit(ledger, k)
+        region.threshold = -1e9
+        return region, loss
+
+    trainer.region_policy.fit = fit_rejecting_everything
+    with caplog.at_level("WARNING", logger="banel_trl"):
+        trainer.train()
+    assert "Round 0: 0 of the" in caplog.text and "no generator is distilled" in caplog.text
+    (logged, _) = [log for log in trainer.state.log_history if "acceptance_rate" in log]
+    # At most 20 candidates per sample wanted in all, each stage rounded up to a whole prompt of `num_generations`.
+    assert logged["distillation/samples"] == 0 and logged["distillation/proposals"] <= 20 * 200 + 4 * 32
+    # The posterior stays p_theta cut by region 0: round 1 samples it by rejection, accepts nothing, and the run ends.
+    assert trainer.posterior.proposal_adapter == BASE_ADAPTER and len(trainer.posterior.active_regions) == 1
+    assert trainer.ledger.round_ends[1]["accepted"] == 0 and trainer.num_reward_evaluations == 100
 
 
 def test_the_final_generator_is_a_plain_peft_adapter(_toy_proposal, tokenizer, unconditional_dataset, make_config,

@@ -91,7 +91,9 @@ def test_the_guide_lists_every_grpo_config_field_once_with_what_banel_does_with_
 def test_the_generation_batch_defaults_to_65536_completion_tokens_in_whole_prompts(
     config, num_generations, max_completion_length, batch
 ):
-    args = config(num_generations=num_generations, max_completion_length=max_completion_length)
+    args = config(
+        num_generations=num_generations, max_completion_length=max_completion_length, distill_posterior=False
+    )
     assert args.generation_batch_size == batch
 
 
@@ -110,9 +112,12 @@ def test_a_generation_batch_that_splits_a_prompts_completions_is_refused_with_th
         config(generation_batch_size=66)
 
 
-def test_a_budget_alone_is_spent_in_two_rounds(config):
+def test_a_budget_alone_is_spent_in_two_rounds_or_ten_distilled_on_8_samples_per_nre(config):
     args = config()
     assert (args.max_reward_evaluations, args.samples_per_round, args.num_rounds) == (7500, 3750, 2)
+    args = config(distill_posterior=True)
+    assert (args.samples_per_round, args.num_rounds, args.distillation_samples) == (750, 10, 6000)
+    assert config(distill_posterior=True, distillation_samples=100).distillation_samples == 100
     args = config(max_reward_evaluations=1000)
     assert (args.samples_per_round, args.num_rounds) == (500, 2)
     assert config(max_reward_evaluations=1001).samples_per_round == 501

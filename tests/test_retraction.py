@@ -174,6 +174,23 @@ def test_in_the_distilled_loop_a_changed_region_replaces_the_proposal_distilled_
     assert saved.proposal_adapter == trainer.posterior.proposal_adapter
 
 
+@pytest.mark.parametrize(
+    "round_0, round_1, changed",
+    [
+        ((0, 750), (0, 750), True),  # no evidence either way
+        ((0, 750), (1, 749), True),  # one more success: p = 0.5
+        ((0, 750), (2, 748), False),  # two more: p = 0.25, kept
+        ((1, 749), (4, 746), False),  # kept in the distilled loop, relaxed in the exact loop (p = 0.19)
+    ],
+)
+def test_the_distilled_loop_keeps_a_region_whose_next_small_round_found_two_more_successes(
+    scored_as_given, round_0, round_1, changed
+):
+    region = RejectionRegion("region_0", 0.1, round=0)
+    assert scored_as_given([round_0, round_1], region, 1, distill_posterior=True) is changed
+    assert region.relaxed is changed  # the first cut, 0.995, has a shallower cut
+
+
 def rejected_share(posterior: BanelPosterior, region: RejectionRegion, batch: dict) -> float:
     return (region_scores(posterior, region, batch) > region.threshold).double().mean().item()
 

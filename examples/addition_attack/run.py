@@ -120,8 +120,8 @@ def main(argv=None):
     variant = "no_leading_zeros" if args.no_leading_zeros else "leading_zeros"
     tokenizer = task.load_tokenizer()
     reward = task.AdditionAttackReward(task.load_target(), tokenizer, allow_leading_zeros=not args.no_leading_zeros)
-    # The shipped schedule at any budget: two rounds, the first fitting its region on samples of p_theta.
-    overrides = {"max_reward_evaluations": args.budget, "samples_per_round": -(-args.budget // 2)}
+    # The shipped schedule at any budget: ten rounds (two with `--banel distill_posterior=false`).
+    overrides = {"max_reward_evaluations": args.budget}
     if args.quick:  # a pipeline check: a first region at 0.9, so that its posterior is sampled within the time
         overrides["first_region_rejection_rate"] = 0.9
     overrides.update({key: parse_value(value) for key, value in (item.split("=", 1) for item in args.banel)})

@@ -91,9 +91,10 @@ class SuccessRateCurve(BanelCallback):
         self.points = [base]
 
     def on_round_end(self, args, state, control, trainer=None, metrics=None, **kwargs):
-        if trainer.posterior.regions[-1].round != metrics["round"]:
-            # The round added no region (too few successes, see `RegionPolicy`): the posterior is the one just measured, and
-            # measuring it again would only cost reward calls.
+        newest = trainer.posterior.regions[-1]
+        if metrics["round"] not in (newest.round, newest.reviewed_round):
+            # The round neither added a region (too few successes, see `RegionPolicy`) nor changed one: the posterior is
+            # the one just measured, and measuring it again would only cost reward calls.
             point = {**self.points[-1], "round": metrics["round"], "nre_used": trainer.num_reward_evaluations}
         else:
             point = measure(trainer, self.eval_dataset, round_index=metrics["round"], best=self.points[-1])
