@@ -334,5 +334,6 @@ def check_distillation_memory(args) -> None:
     if needed > available:
         raise ValueError(
             f"`distillation_samples={args.distillation_samples}` would hold about {needed / 2**30:.0f} GiB of "
-            f"candidates in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: lower it."
+            f"candidates in memory for each distillation, more than this machine's {available / 2**30:.0f} GiB: "
+            "lower it."
         )

@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 
 # A distillation proposes at most STAGE_PROPOSALS candidates per sample it wants at each of at most MAX_STAGES stages:
 # at most 20 per distillation sample wanted (each stage rounded up to a whole prompt), whatever share of the proposal
-# the posterior accepts. An intermediate
-# stage keeps the STAGE_KEEP of its candidates that lie deepest inside the cut (the multilevel cross-entropy method):
-# four stages reach a posterior that accepts 1e-4 of its proposal at acceptances of about STAGE_KEEP each.
+# the posterior accepts. An intermediate stage keeps the STAGE_KEEP of its candidates that lie deepest inside the cut
+# (the multilevel cross-entropy method): four stages reach a posterior that accepts 1e-4 of its proposal at
+# acceptances of about STAGE_KEEP each.
 STAGE_KEEP = 0.1
 MAX_STAGES = 4
 STAGE_SEED_OFFSET = 5_000_011  # stage s of a distillation draws from the distillation's seed + s * this
@@ -86,11 +86,10 @@ class DistilledProposal:
             stage_adapters.append(f"{name}_stage_{stage + 1}")
             self.fitter.fit_adapter(stage_adapters[-1], self._examples(elite), seed + stage, k, _warm(adapter))
             adapter = stage_adapters[-1]
-        if len(inside) < wanted:  # the last stage reaches the cut often enough: it draws on within the allowance
-            allowance = (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) // (wanted - len(inside))
-            more = self._draw(
-                adapter, regions, None, description, wanted - len(inside), allowance
-            )  # the stage's stream
+        if len(inside) < wanted:  # the last stage draws on, from its own stream, within what the stages left
+            missing = wanted - len(inside)
+            allowance = (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) // missing
+            more = self._draw(adapter, regions, None, description, missing, allowance)
             proposed += len(more)
             inside += [candidate for candidate in more if candidate.margin <= 0]
         kept = min(len(inside), wanted)
@@ -132,9 +131,9 @@ class DistilledProposal:
         allowance: int,
     ) -> list[Candidate]:
         """
-        Candidates of `adapter` with their margins under `regions`, from `seed` (`None`: on from the last draw): until `wanted` lie inside the
-        posterior or `allowance` times that many were proposed, each process its share from its own stream, every
-        process getting them all in rank order.
+        Candidates of `adapter` with their margins under `regions`, from `seed` (`None`: on from the last draw), until
+        `wanted` lie inside the posterior or `allowance` times that many were proposed: each process its share, from
+        its own stream, every process getting them all in rank order.
         """
         if seed is not None:
             self.sampler.reseed(seed, own_stream=True)
