@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 # (the multilevel cross-entropy method): four stages reach a posterior that accepts 1e-4 of its proposal at
 # acceptances of about STAGE_KEEP each.
 STAGE_KEEP = 0.1
+# A stage whose acceptance reaches this share of the wanted samples within the allowance draws on from its own proposal
+# instead of fitting an intermediate one: its samples are the posterior's, where an intermediate proposal, fit on the
+# candidates deepest inside the cut, leans towards the deepest part of it.
+DRAW_ON = 0.5
 MAX_STAGES = 4
 STAGE_SEED_OFFSET = 5_000_011  # stage s of a distillation draws from the distillation's seed + s * this
 
@@ -50,12 +54,13 @@ class DistilledProposal:
 
     Rejection-sampling the posterior would cost `1 / acceptance` proposals per sample (~200 at a first cut that keeps
     0.5% of `p_theta`). Instead the samples are reached in stages: a stage proposes from an intermediate adapter; when
-    fewer than a tenth of its candidates lie inside the cut, the tenth deepest inside (by their margin, the excess of
-    the region's log-ratio over its threshold) fit the next intermediate adapter, which proposes the next stage.
-    The stage whose candidates reach the cut at that rate gives the samples `q_{k+1}` is fit on, started from the last
-    intermediate adapter. Every stage proposes at most `STAGE_PROPOSALS` candidates per sample wanted. A distillation
-    that reaches fewer than `STAGE_KEEP` of the samples it wants fits no generator: the posterior stays the proposal cut
-    by the round's region, which the next round samples by rejection.
+    its candidates lie inside the cut too rarely to reach `DRAW_ON` of the samples wanted within the allowance, the
+    tenth deepest inside (by their margin, the excess of the region's log-ratio over its threshold) fit the next
+    intermediate adapter, which proposes the next stage. The stage that reaches the cut often enough draws on and
+    gives the samples `q_{k+1}` is fit on, started from the last intermediate adapter. Every stage proposes at most
+    `STAGE_PROPOSALS` candidates per sample wanted. A distillation that reaches fewer than `STAGE_KEEP` of the samples
+    it wants fits no generator: the posterior stays the proposal cut by the round's region, which the next round
+    samples by rejection.
     """
 
     def __init__(self, args, fitter: ModelFitter, sampler: CandidateSampler):
@@ -78,10 +83,12 @@ class DistilledProposal:
             candidates = self._draw(adapter, regions, draw_seed, description, wanted, STAGE_PROPOSALS)
             proposed += len(candidates)
             inside = [candidate for candidate in candidates if candidate.margin <= 0]
+            # At the acceptance seen, what drawing on from this stage's proposal reaches within the allowance.
+            reachable = len(inside) * (1 + (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) / len(candidates))
+            if reachable >= DRAW_ON * wanted or stage == MAX_STAGES - 1:
+                break
             margins = sorted(candidate.margin for candidate in candidates)
             level = margins[max(math.ceil(STAGE_KEEP * len(margins)) - 1, 0)]
-            if len(inside) >= wanted or level <= 0 or stage == MAX_STAGES - 1:
-                break
             elite = [candidate for candidate in candidates if candidate.margin <= level]
             stage_adapters.append(f"{name}_stage_{stage + 1}")
             self.fitter.fit_adapter(stage_adapters[-1], self._examples(elite), seed + stage, k, _warm(adapter))

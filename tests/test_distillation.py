@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from banel_trl import BanelTrainer
+from banel_trl import BanelTrainer, distillation
 from banel_trl.fitting import ModelFitter
 from banel_trl.ledger import LEDGER_NAME
 from banel_trl.regions import BASE_ADAPTER, POSTERIOR_CONFIG_NAME
@@ -61,9 +61,8 @@ def test_the_distilled_loop_keeps_the_budget_samples_without_rejection_and_beats
     assert final_rate > 3 * base_rate, (base_rate, final_rate)  # 0.36-0.60 against ~0.04 (seeds 0, 1)
 
 
-def test_a_deep_cut_is_distilled_in_stages_within_20_proposals_per_sample_all_inside_the_posterior(
-    train_toy, make_config, monkeypatch
-):
+def _distil_a_deep_cut(train_toy, make_config, monkeypatch):
+    """A toy run whose first region is cut at 0.995 (about 5% of p_theta's samples lie inside); its fits, its log."""
     fits = []
     fit_adapter = ModelFitter.fit_adapter
 
@@ -74,18 +73,40 @@ def test_a_deep_cut_is_distilled_in_stages_within_20_proposals_per_sample_all_in
     monkeypatch.setattr(ModelFitter, "fit_adapter", recorded)
     args = distilled_config(make_config, max_reward_evaluations=100, first_region_rejection_rate=0.995)
     trainer = train_toy(args, starts_with_b)
-
     (region,) = trainer.posterior.regions
     stages = [name for name, _ in fits if name.startswith("proposal_1_stage_")]
     ((name, samples),) = [(name, examples) for name, examples in fits if name == "proposal_1"]
     (logged,) = [log for log in trainer.state.log_history if "distillation/stages" in log]
-    # A first stage from p_theta does not reach the cut often enough: intermediate proposals, each fit on the tenth of
-    # its stage's candidates nearest the cut, reach it; every sample the generator is fit on lies inside the posterior.
-    assert logged["distillation/stages"] == len(stages) + 1 >= 2 and logged["distillation/samples"] == len(samples)
-    assert len(samples) == args.distillation_samples and logged["distillation/proposals_per_sample"] <= 20
+    assert logged["distillation/stages"] == len(stages) + 1 and logged["distillation/samples"] == len(samples)
     batch = trainer.region_policy._batch(samples)
-    assert (region_scores(trainer.posterior, region, batch) <= region.threshold).all()
+    assert (region_scores(trainer.posterior, region, batch) <= region.threshold).all()  # all inside the posterior
     assert not any(adapter.startswith("proposal_1_stage") for adapter in trainer.model.peft_config)
+    return args, stages, samples, logged
+
+
+def test_a_deep_cut_is_distilled_in_stages_within_20_proposals_per_sample_all_inside_the_posterior(
+    train_toy, make_config, monkeypatch
+):
+    # Stages wherever the proposal's own samples would not reach twice the samples wanted within the allowance.
+    monkeypatch.setattr(distillation, "DRAW_ON", 2.0)
+    args, stages, samples, logged = _distil_a_deep_cut(train_toy, make_config, monkeypatch)
+    # A first stage from p_theta does not reach the cut often enough: intermediate proposals, each fit on the tenth of
+    # its stage's candidates nearest the cut, reach it.
+    assert len(stages) >= 1 and len(samples) == args.distillation_samples
+    assert logged["distillation/proposals_per_sample"] <= 20
+
+
+def test_a_cut_the_proposal_reaches_often_enough_is_distilled_from_the_proposals_own_samples(
+    train_toy, make_config, monkeypatch
+):
+    # Drawing on wherever p_theta's own samples reach a twentieth of the samples wanted within the allowance (from
+    # ~0.25% of them inside the cut; ~5% are on the toy task).
+    monkeypatch.setattr(distillation, "DRAW_ON", 0.05)
+    args, stages, samples, logged = _distil_a_deep_cut(train_toy, make_config, monkeypatch)
+    # The samples are p_theta's own that lie inside, the posterior's, with no intermediate proposal; at most 20
+    # proposals per sample wanted (each stage rounded up to whole prompts).
+    assert stages == [] and distillation.DRAW_ON * args.distillation_samples <= len(samples)
+    assert logged["distillation/proposals_per_sample"] * len(samples) <= 20 * args.distillation_samples + 64
 
 
 def test_a_cut_no_stage_reaches_distils_nothing_and_the_next_round_samples_it_by_rejection(
