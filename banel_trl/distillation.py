@@ -78,13 +78,14 @@ class DistilledProposal:
         args, regions, wanted = self.args, self.posterior.active_regions, self.args.distillation_samples
         seed, name = args.seed + k + DISTILLATION_SEED_OFFSET, proposal_adapter_name(k + 1)
         adapter, stage_adapters, proposed = self.posterior.proposal_adapter, [], 0
+        allowance_total = STAGE_PROPOSALS * MAX_STAGES * wanted  # proposals over every stage and the draw-on
         for stage in range(MAX_STAGES):
             draw_seed, description = seed + stage * STAGE_SEED_OFFSET, f"Distillation {k}, stage {stage}"
             candidates = self._draw(adapter, regions, draw_seed, description, wanted, STAGE_PROPOSALS)
             proposed += len(candidates)
             inside = [candidate for candidate in candidates if candidate.margin <= 0]
             # At the acceptance seen, what drawing on from this stage's proposal reaches within the allowance.
-            reachable = len(inside) * (1 + (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) / len(candidates))
+            reachable = len(inside) * (1 + (allowance_total - proposed) / len(candidates))
             if reachable >= DRAW_ON * wanted or stage == MAX_STAGES - 1:
                 break
             margins = sorted(candidate.margin for candidate in candidates)
@@ -95,7 +96,7 @@ class DistilledProposal:
             adapter = stage_adapters[-1]
         if len(inside) < wanted:  # the last stage draws on, from its own stream, within what the stages left
             missing = wanted - len(inside)
-            allowance = (STAGE_PROPOSALS * MAX_STAGES * wanted - proposed) // missing
+            allowance = (allowance_total - proposed) // missing
             more = self._draw(adapter, regions, None, description, missing, allowance)
             proposed += len(more)
             inside += [candidate for candidate in more if candidate.margin <= 0]
