@@ -87,8 +87,8 @@ def refit(trainer, generator: str, region, num_proposals: int, seed: int) -> tup
         ]
     weights = torch.cat(log_weights).softmax(dim=0)
     effective = float(1.0 / (weights**2).sum())
-    generator_seed = torch.Generator().manual_seed(seed)
-    picked = torch.multinomial(weights, trainer.args.distillation_samples, replacement=True, generator=generator_seed)
+    rng = torch.Generator().manual_seed(seed)
+    picked = torch.multinomial(weights, trainer.args.distillation_samples, replacement=True, generator=rng)
     name = f"{generator}_refit"
     trainer.fitter.fit_adapter(name, [examples[i] for i in picked], seed, 1, generator)
     return name, effective
