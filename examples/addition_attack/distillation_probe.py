@@ -15,11 +15,13 @@ ten-round runs, whose later regions are all retracted), then measures on fresh s
 
 import argparse
 import json
+import math
 import tempfile
 
 import torch
 import transformers
 from datasets import Dataset
+from evaluation import seeded_proposals
 
 from banel_trl import BanelConfig, BanelTrainer
 from banel_trl.regions import BASE_ADAPTER
@@ -41,24 +43,27 @@ def parse_args(argv=None):
 
 
 def draw(trainer, adapter: str, region, num_proposals: int, seed: int) -> list:
-    """Batches of candidates of `adapter` with the cut's verdict and the reward (outside the run's budget)."""
-    tokenizer, batches = trainer.processing_class, []
-    torch.manual_seed(seed)
-    while len(batches) * BATCH < num_proposals:
-        bos = torch.full((BATCH, 1), tokenizer.bos_token_id)
-        proposal = trainer.posterior.propose(
-            bos, torch.ones_like(bos), trainer.generation_config, adapter=adapter, regions=[region]
-        )
-        texts = tokenizer.batch_decode(proposal.completion_ids, skip_special_tokens=True)
-        rewards = trainer.reward_funcs[0](prompts=[tokenizer.bos_token] * len(texts), completions=texts)
-        batches.append((proposal, torch.tensor([reward > 0 for reward in rewards])))
-    return batches
+    """Batches of candidates of `adapter`, each with the cut's verdict (`Proposal.accepted`)."""
+    batches = seeded_proposals(
+        trainer.posterior, trainer.processing_class, trainer.generation_config, seed, BATCH, adapter, [region]
+    )
+    return [next(batches) for _ in range(math.ceil(num_proposals / BATCH))]
 
 
-def rates(batches: list, inside_only: bool) -> dict:
+def label(trainer, proposals: list) -> torch.Tensor:
+    """Whether each candidate succeeds, by the task's reward (outside the run's budget)."""
+    tokenizer, reward = trainer.processing_class, trainer.reward_funcs[0]
+    texts = [
+        text
+        for proposal in proposals
+        for text in tokenizer.batch_decode(proposal.completion_ids, skip_special_tokens=True)
+    ]
+    return torch.tensor([value > 0 for value in reward(prompts=[tokenizer.bos_token] * len(texts), completions=texts)])
+
+
+def rates(proposals: list, success: torch.Tensor, inside_only: bool) -> dict:
     """Success rate of the candidates (or of those inside the cut), with the counts it rests on."""
-    accepted = torch.cat([proposal.accepted for proposal, _ in batches])
-    success = torch.cat([success for _, success in batches])
+    accepted = torch.cat([proposal.accepted for proposal in proposals])
     kept = accepted if inside_only else torch.ones_like(accepted)
     return {
         "samples": int(kept.sum()),
@@ -68,11 +73,17 @@ def rates(batches: list, inside_only: bool) -> dict:
     }
 
 
+def measured(trainer, adapter: str, region, num_proposals: int, seed: int) -> dict:
+    """`rates` of every candidate of a fresh draw of `adapter`."""
+    proposals = draw(trainer, adapter, region, num_proposals, seed)
+    return rates(proposals, label(trainer, proposals), inside_only=False)
+
+
 def refit(trainer, generator: str, region, num_proposals: int, seed: int) -> tuple[str, float]:
     """`generator` fit again on its own samples inside the cut, resampled by `p_theta / q`; returns it and the ESS."""
     posterior, examples, log_weights = trainer.posterior, [], []
     prompt_ids = trainer.sampler.prompt_ids(trainer.processing_class.bos_token)
-    for proposal, _ in draw(trainer, generator, region, num_proposals, seed):
+    for proposal in draw(trainer, generator, region, num_proposals, seed):
         inside = proposal.accepted.nonzero().flatten()
         scores = sequence_log_probs(
             posterior.model, posterior.negative_models, [BASE_ADAPTER, generator], inside, proposal.prompt_ids,
@@ -118,13 +129,14 @@ def main(argv=None):
             )
         refitted, effective = refit(trainer, generator, region, args.refit_proposals, args.seed + 7)
         exact = draw(trainer, BASE_ADAPTER, region, args.exact_proposals, args.seed + 2)
+        exact_success = label(trainer, exact)
         result = {
             "seed": args.seed,
-            "generator": rates(draw(trainer, generator, region, args.generator_samples, args.seed + 1), False),
-            "exact": rates(exact, True),
-            "refit": rates(draw(trainer, refitted, region, args.generator_samples, args.seed + 1), False),
+            "generator": measured(trainer, generator, region, args.generator_samples, args.seed + 1),
+            "exact": rates(exact, exact_success, inside_only=True),
+            "refit": measured(trainer, refitted, region, args.generator_samples, args.seed + 1),
             "refit_effective_samples": effective,
-            "base": rates(exact, False),
+            "base": rates(exact, exact_success, inside_only=False),
         }
     print(json.dumps(result), flush=True)
     with open(args.results, "a") as file:

@@ -49,12 +49,17 @@ def by_outcome(queries: list[str], rewards: list[float]) -> dict:
     }
 
 
-def seeded_proposals(posterior, tokenizer, generation_config, seed: int, batch_size: int):
-    """Endless batches of `batch_size` unconditional candidates of `posterior` (a `Proposal` each), seeded by `seed`."""
+def seeded_proposals(
+    posterior, tokenizer, generation_config, seed: int, batch_size: int, adapter: str | None = None, regions=None
+):
+    """
+    Endless batches of `batch_size` unconditional candidates of `posterior` (a `Proposal` each), seeded by `seed`;
+    `adapter` and `regions` propose from another adapter and decide by other regions (see `BanelPosterior.propose`).
+    """
     torch.manual_seed(seed)
     bos = torch.full((batch_size, 1), tokenizer.bos_token_id)
     while True:
-        yield posterior.propose(bos, torch.ones_like(bos), generation_config)
+        yield posterior.propose(bos, torch.ones_like(bos), generation_config, adapter=adapter, regions=regions)
 
 
 @torch.no_grad()
